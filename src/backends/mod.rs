@@ -1,0 +1,1 @@
+//! Host-side I/O backends. Nothing in here knows about virtio.

@@ -1,0 +1,6 @@
+//! Legacy platform devices: UART, i8042, pvpanic, ACPI power register.
+
+pub mod acpi_pm;
+pub mod i8042;
+pub mod pvpanic;
+pub mod serial;

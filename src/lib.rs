@@ -1,0 +1,13 @@
+//! kiln: a KVM microVM monitor.
+//!
+//! The library builds and runs a VM from a [`config::VmConfig`]; the `kiln`
+//! binary is a thin CLI over it.
+
+pub mod arch;
+pub mod backends;
+pub mod config;
+pub mod devices;
+pub mod exit;
+pub mod terminal;
+pub mod vmm;
+pub mod vstate;
