@@ -1,1 +1,94 @@
-fn main(){}
+//! The `kiln` command: turns flags into a `VmConfig`, runs it, and maps the
+//! outcome to an exit status (0 guest stopped cleanly, 1 host/setup error,
+//! 2 usage error, 3 guest panic, 4 triple fault, 5 KVM error, 128+N signal).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use kiln::config::{self, VmConfig};
+use kiln::vmm::{self, ConsoleIo};
+
+#[derive(Parser)]
+#[command(name = "kiln", version, about = "A KVM microVM monitor")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Boot a guest kernel with its serial console on this terminal.
+    ///
+    /// kiln exits when the guest powers off or reboots (status 0), or with a
+    /// non-zero status and one line on stderr if the guest crashes.
+    Boot(BootArgs),
+}
+
+#[derive(Args)]
+struct BootArgs {
+    /// Guest kernel: an ELF vmlinux (PVH entry used when present) or a bzImage.
+    #[arg(long, value_name = "PATH")]
+    kernel: PathBuf,
+    /// Initial ramdisk to load for the kernel.
+    #[arg(long, value_name = "PATH")]
+    initrd: Option<PathBuf>,
+    /// Kernel command line; replaces the default shown here.
+    #[arg(long, value_name = "ARGS", default_value = config::DEFAULT_CMDLINE)]
+    cmdline: String,
+    /// Number of vCPUs (1 to 254, and no more than KVM allows).
+    #[arg(long, value_name = "N", default_value_t = u64::from(config::DEFAULT_CPUS))]
+    cpus: u64,
+    /// Guest memory in MiB.
+    #[arg(long, value_name = "MIB", default_value_t = config::DEFAULT_MEMORY_MIB)]
+    memory: u64,
+    /// Describe the machine with an MP table only, no ACPI tables.
+    #[arg(long)]
+    no_acpi: bool,
+    /// Boot a Linux kernel even where KVM is known not to run one (PVM hosts).
+    #[arg(long)]
+    force: bool,
+}
+
+impl BootArgs {
+    fn into_config(self) -> Result<VmConfig, config::ConfigError> {
+        let mut c = VmConfig::new(self.kernel);
+        c.initrd = self.initrd;
+        c.cmdline = self.cmdline;
+        c.cpus = config::validate_cpus(self.cpus)?;
+        c.memory_mib = self.memory;
+        c.acpi = !self.no_acpi;
+        c.force = self.force;
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+fn fail(code: u8, message: impl std::fmt::Display) -> ExitCode {
+    eprintln!("kiln: {message}");
+    ExitCode::from(code)
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::new().filter_or("KILN_LOG", "warn")).init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Boot(args) => {
+            let config = match args.into_config() {
+                Ok(c) => c,
+                Err(e) => return fail(2, e),
+            };
+            match vmm::run_vm(&config, ConsoleIo::stdio()) {
+                Ok(reason) => {
+                    let code = reason.exit_code();
+                    match reason.message() {
+                        Some(m) => fail(code.clamp(0, 255) as u8, m),
+                        None => ExitCode::from(code.clamp(0, 255) as u8),
+                    }
+                }
+                Err(e) => fail(e.exit_code() as u8, e),
+            }
+        }
+    }
+}

@@ -1,1 +1,196 @@
-//! (in progress)
+//! vCPU threads: each runs KVM_RUN in a loop and dispatches port I/O and
+//! MMIO exits to the buses. A kick (a signal plus `immediate_exit`) makes
+//! KVM_RUN return so the thread can see it must stop.
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use kvm_bindings::{KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
+use kvm_ioctls::{VcpuExit, VcpuFd};
+use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
+
+use crate::devices::bus::Bus;
+use crate::exit::{ExitNotifier, ExitReason};
+use crate::vstate::kvm::{HostKind, PVM_HINT};
+
+/// The real-time signal offset used to kick vCPU threads out of KVM_RUN.
+const KICK_SIGNAL_OFFSET: i32 = 0;
+
+thread_local! {
+    /// This thread's `kvm_run.immediate_exit`, set by the kick handler.
+    static IMMEDIATE_EXIT: Cell<*mut u8> = const { Cell::new(std::ptr::null_mut()) };
+}
+
+extern "C" fn handle_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    IMMEDIATE_EXIT.with(|p| {
+        let ptr = p.get();
+        if !ptr.is_null() {
+            // SAFETY: the pointer is this thread's own kvm_run mapping, set
+            // by `Vcpu::run` and cleared before the mapping goes away; a
+            // volatile byte store is async-signal-safe.
+            unsafe { ptr.write_volatile(1) };
+        }
+    });
+}
+
+fn kick_signal() -> i32 {
+    SIGRTMIN() + KICK_SIGNAL_OFFSET
+}
+
+/// Installs the kick handler; call once before starting vCPU threads.
+pub fn install_kick_handler() -> std::io::Result<()> {
+    register_signal_handler(kick_signal(), handle_kick)
+        .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
+}
+
+/// Everything one vCPU thread needs.
+pub struct Vcpu {
+    pub index: u8,
+    pub fd: VcpuFd,
+    pub pio_bus: Arc<Bus>,
+    pub mmio_bus: Arc<Bus>,
+    pub exit: ExitNotifier,
+    pub stop: Arc<AtomicBool>,
+    pub host: HostKind,
+}
+
+impl Vcpu {
+    /// Runs until the VM stops; records why through the exit notifier.
+    pub fn run(mut self) {
+        let immediate_exit = &mut self.fd.get_kvm_run().immediate_exit as *mut u8;
+        IMMEDIATE_EXIT.with(|p| p.set(immediate_exit));
+        while !self.stop.load(Ordering::Acquire) {
+            if let Some(reason) = self.run_once() {
+                self.exit.notify(reason);
+                break;
+            }
+        }
+        IMMEDIATE_EXIT.with(|p| p.set(std::ptr::null_mut()));
+    }
+
+    /// One KVM_RUN; returns a reason when the VM must stop.
+    fn run_once(&mut self) -> Option<ExitReason> {
+        let vcpu = self.index;
+        match self.fd.run() {
+            Ok(VcpuExit::IoOut(port, data)) => {
+                self.pio_bus.write(u64::from(port), data);
+                None
+            }
+            Ok(VcpuExit::IoIn(port, data)) => {
+                self.pio_bus.read(u64::from(port), data);
+                None
+            }
+            Ok(VcpuExit::MmioRead(addr, data)) => {
+                self.mmio_bus.read(addr, data);
+                None
+            }
+            Ok(VcpuExit::MmioWrite(addr, data)) => {
+                self.mmio_bus.write(addr, data);
+                None
+            }
+            // With the in-kernel irqchip a HLT only exits when the guest
+            // halts with nothing left to wake it: nothing to do but go back.
+            Ok(VcpuExit::Hlt) => None,
+            Ok(VcpuExit::Shutdown) => Some(ExitReason::TripleFault { vcpu }),
+            Ok(VcpuExit::SystemEvent(kind, _)) => Some(match kind {
+                KVM_SYSTEM_EVENT_SHUTDOWN => ExitReason::PowerOff,
+                KVM_SYSTEM_EVENT_RESET => ExitReason::Reset,
+                KVM_SYSTEM_EVENT_CRASH => ExitReason::GuestPanic,
+                other => ExitReason::UnhandledExit {
+                    vcpu,
+                    detail: format!("system event {other}"),
+                },
+            }),
+            Ok(VcpuExit::FailEntry(reason, cpu)) => Some(ExitReason::InternalError {
+                vcpu,
+                detail: format!("VM entry failed on host CPU {cpu}, hardware reason {reason:#x}"),
+            }),
+            Ok(VcpuExit::InternalError) => {
+                let run = self.fd.get_kvm_run();
+                // SAFETY: for KVM_EXIT_INTERNAL_ERROR the `internal` member
+                // of the exit union is the one KVM filled in.
+                let suberror = unsafe { run.__bindgen_anon_1.internal.suberror };
+                let mut detail = format!("suberror {suberror}");
+                if suberror == kvm_bindings::KVM_INTERNAL_ERROR_EMULATION {
+                    detail.push_str(" (instruction emulation failed)");
+                }
+                if self.host == HostKind::Pvm {
+                    detail.push_str("; ");
+                    detail.push_str(PVM_HINT);
+                }
+                Some(ExitReason::InternalError { vcpu, detail })
+            }
+            Ok(VcpuExit::Intr) => None,
+            Ok(other) => Some(ExitReason::UnhandledExit {
+                vcpu,
+                detail: format!("{other:?}"),
+            }),
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                // Kicked: clear the flag so the next KVM_RUN really runs.
+                self.fd.set_kvm_immediate_exit(0);
+                None
+            }
+            Err(e) => Some(ExitReason::InternalError {
+                vcpu,
+                detail: format!("KVM_RUN failed: {e}"),
+            }),
+        }
+    }
+}
+
+/// A running vCPU thread.
+pub struct VcpuHandle {
+    pub index: u8,
+    handle: JoinHandle<()>,
+}
+
+impl VcpuHandle {
+    pub fn spawn(vcpu: Vcpu) -> std::io::Result<Self> {
+        let index = vcpu.index;
+        let handle = std::thread::Builder::new()
+            .name(format!("kiln-vcpu{index}"))
+            .spawn(move || vcpu.run())?;
+        Ok(Self { index, handle })
+    }
+
+    /// Interrupts KVM_RUN on this thread (harmless if it already exited).
+    pub fn kick(&self) {
+        if !self.handle.is_finished() {
+            let _ = self.handle.kill(kick_signal());
+        }
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.handle.is_finished()
+    }
+
+    pub fn join(self) {
+        if self.handle.join().is_err() {
+            log::error!("vCPU {} thread panicked", self.index);
+        }
+    }
+}
+
+/// Stops every vCPU: raise the flag, then kick until each thread is out.
+/// A kick that lands just before KVM_RUN sets immediate_exit, so a kicked
+/// thread cannot go back into the guest; repeating covers a kick that
+/// landed before the thread installed its handler pointer.
+pub fn stop_all(stop: &AtomicBool, handles: Vec<VcpuHandle>) {
+    stop.store(true, Ordering::Release);
+    for _ in 0..1000 {
+        if handles.iter().all(VcpuHandle::is_finished) {
+            break;
+        }
+        handles.iter().for_each(VcpuHandle::kick);
+        std::thread::sleep(std::time::Duration::from_micros(200));
+    }
+    for h in handles {
+        if h.is_finished() {
+            h.join();
+        } else {
+            log::error!("vCPU {} did not stop; leaving it behind", h.index);
+        }
+    }
+}

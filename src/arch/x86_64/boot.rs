@@ -1,1 +1,576 @@
-//! (in progress)
+//! Loading a kernel and initrd, and writing what the kernel reads at entry:
+//! the zero page (Linux boot protocol) or the PVH start info, each carrying
+//! the e820 memory map, the command line and the initrd.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::Path;
+
+use linux_loader::configurator::linux::LinuxBootConfigurator;
+use linux_loader::configurator::pvh::PvhBootConfigurator;
+use linux_loader::configurator::{BootConfigurator, BootParams};
+use linux_loader::elf::{Elf64_Ehdr, Elf64_Phdr, PT_NOTE};
+use linux_loader::loader::bootparam::{boot_e820_entry, boot_params, setup_header};
+use linux_loader::loader::elf::start_info::{
+    hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info,
+};
+use linux_loader::loader::{BzImage, Elf, KernelLoader, PvhBootCapability};
+use vm_memory::{Address, ByteValued, Bytes, GuestAddress, GuestMemoryBackend};
+
+use super::layout;
+use super::regs::BootMode;
+use crate::vstate::memory::GuestMemoryMmap;
+
+const E820_RAM: u32 = 1;
+const ELF_MAGIC: &[u8; 4] = b"\x7fELF";
+/// "HdrS" at offset 0x202 marks a bzImage.
+const BZIMAGE_MAGIC: u32 = 0x5372_6448;
+const BZIMAGE_MAGIC_OFFSET: u64 = 0x202;
+/// The 64-bit entry point sits 0x200 bytes into the protected-mode kernel.
+const BZIMAGE_ENTRY64_OFFSET: u64 = 0x200;
+const KERNEL_BOOT_FLAG_MAGIC: u16 = 0xaa55;
+const KERNEL_LOADER_OTHER: u8 = 0xff;
+/// The kernel decompresses itself to 16 MiB unless told otherwise.
+const DEFAULT_KERNEL_PHYS: u64 = 0x100_0000;
+const PVH_MAGIC: u32 = 0x336e_c578;
+/// Where older kernels without `initrd_addr_max` accept an initrd.
+const DEFAULT_INITRD_ADDR_MAX: u64 = 0x37ff_ffff;
+const PAGE_SIZE: u64 = 4096;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BootError {
+    #[error("cannot open {what} {path}: {source}")]
+    Open {
+        what: &'static str,
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{0}: not a kernel kiln can boot (expected an ELF vmlinux or a bzImage)")]
+    UnknownFormat(String),
+    #[error("cannot load kernel {path}: {source}; the file may be truncated or corrupt, or --memory too small")]
+    Load {
+        path: String,
+        source: linux_loader::loader::Error,
+    },
+    #[error("the kernel needs at least {need_mib} MiB of guest memory; raise --memory")]
+    KernelTooBig { need_mib: u64 },
+    #[error("initrd {path} ({size_mib} MiB) does not fit in guest memory beside the kernel; raise --memory")]
+    InitrdTooBig { path: String, size_mib: u64 },
+    #[error("cannot read initrd {path}: {source}")]
+    InitrdRead {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot write the boot parameters: {0}")]
+    Configure(#[from] linux_loader::configurator::Error),
+}
+
+/// A kernel loaded into guest memory.
+#[derive(Debug, Clone)]
+pub struct LoadedKernel {
+    pub entry: u64,
+    pub mode: BootMode,
+    /// One past the last byte the kernel image occupies or will decompress to.
+    pub end: u64,
+    /// The bzImage's setup header, to be copied into the zero page.
+    pub setup_header: Option<setup_header>,
+    /// Whether this looks like a Linux kernel (as opposed to a bare test guest).
+    pub is_linux: bool,
+}
+
+impl LoadedKernel {
+    /// The longest command line the kernel accepts, including the NUL.
+    pub fn cmdline_limit(&self) -> usize {
+        match &self.setup_header {
+            // Protocol 2.06+ states it; older kernels take 255 characters.
+            Some(h) if h.version >= 0x0206 => {
+                (h.cmdline_size as usize + 1).min(layout::CMDLINE_MAX_SIZE)
+            }
+            Some(_) => 256,
+            None => layout::CMDLINE_MAX_SIZE,
+        }
+    }
+
+    fn initrd_addr_max(&self) -> u64 {
+        match &self.setup_header {
+            Some(h) if h.version >= 0x0203 && h.initrd_addr_max != 0 => {
+                u64::from(h.initrd_addr_max)
+            }
+            _ => DEFAULT_INITRD_ADDR_MAX,
+        }
+    }
+}
+
+fn open(what: &'static str, path: &Path) -> Result<File, BootError> {
+    File::open(path).map_err(|source| BootError::Open {
+        what,
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+fn low_memory_end(mem: &GuestMemoryMmap) -> u64 {
+    (mem.last_addr().raw_value() + 1).min(layout::MMIO_GAP_START)
+}
+
+/// Loads the kernel at `path` into `mem`, choosing PVH entry when the ELF
+/// advertises it.
+pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel, BootError> {
+    let mut file = open("kernel", path)?;
+    let display = || path.display().to_string();
+    let load_err = |source| BootError::Load {
+        path: display(),
+        source,
+    };
+    let mut magic = [0u8; 4];
+    let is_elf = file.read_exact(&mut magic).is_ok() && &magic == ELF_MAGIC;
+    if is_elf {
+        let r = Elf::load(
+            mem,
+            None,
+            &mut file,
+            Some(GuestAddress(layout::HIMEM_START)),
+        )
+        .map_err(load_err)?;
+        let owners = elf_note_owners(&mut file).unwrap_or_default();
+        let (entry, mode) = match r.pvh_boot_cap {
+            PvhBootCapability::PvhEntryPresent(addr) => (addr.raw_value(), BootMode::Pvh),
+            _ => (r.kernel_load.raw_value(), BootMode::Linux64),
+        };
+        return Ok(LoadedKernel {
+            entry,
+            mode,
+            end: r.kernel_end,
+            setup_header: None,
+            is_linux: owners.iter().any(|o| o == "Linux" || o == "Xen"),
+        });
+    }
+    if read_u32_at(&mut file, BZIMAGE_MAGIC_OFFSET) != Some(BZIMAGE_MAGIC) {
+        return Err(BootError::UnknownFormat(display()));
+    }
+    let r = BzImage::load(
+        mem,
+        None,
+        &mut file,
+        Some(GuestAddress(layout::HIMEM_START)),
+    )
+    .map_err(load_err)?;
+    let hdr = r.setup_header.unwrap_or_default();
+    // The kernel decompresses to its preferred address (or in place, if
+    // higher) and needs init_size bytes there.
+    let run_at = r.kernel_load.raw_value().max(DEFAULT_KERNEL_PHYS);
+    let end = run_at + u64::from(hdr.init_size);
+    if end > low_memory_end(mem) {
+        return Err(BootError::KernelTooBig {
+            need_mib: end.div_ceil(1 << 20) + 1,
+        });
+    }
+    Ok(LoadedKernel {
+        entry: r.kernel_load.raw_value() + BZIMAGE_ENTRY64_OFFSET,
+        mode: BootMode::Linux64,
+        end,
+        setup_header: Some(hdr),
+        is_linux: true,
+    })
+}
+
+fn read_u32_at(file: &mut File, offset: u64) -> Option<u32> {
+    let mut b = [0u8; 4];
+    file.seek(SeekFrom::Start(offset)).ok()?;
+    file.read_exact(&mut b).ok()?;
+    Some(u32::from_le_bytes(b))
+}
+
+/// The owner names of the ELF's notes ("Linux", "Xen", "GNU", ...), which
+/// tell a Linux kernel from a bare test guest.
+fn elf_note_owners(file: &mut File) -> std::io::Result<Vec<String>> {
+    const MAX_NOTES_BYTES: u64 = 1 << 20;
+    let mut ehdr = Elf64_Ehdr::default();
+    file.seek(SeekFrom::Start(0))?;
+    file.read_exact(ehdr.as_mut_slice())?;
+    let mut owners = Vec::new();
+    for i in 0..u64::from(ehdr.e_phnum) {
+        let mut phdr = Elf64_Phdr::default();
+        file.seek(SeekFrom::Start(
+            ehdr.e_phoff + i * u64::from(ehdr.e_phentsize),
+        ))?;
+        file.read_exact(phdr.as_mut_slice())?;
+        if phdr.p_type != PT_NOTE || phdr.p_filesz > MAX_NOTES_BYTES {
+            continue;
+        }
+        let mut notes = vec![0u8; phdr.p_filesz as usize];
+        file.seek(SeekFrom::Start(phdr.p_offset))?;
+        file.read_exact(&mut notes)?;
+        owners.extend(parse_note_owners(&notes));
+    }
+    Ok(owners)
+}
+
+/// Walks a note segment: each note is namesz, descsz, type, then the name
+/// and the descriptor, each padded to 4 bytes.
+fn parse_note_owners(mut notes: &[u8]) -> Vec<String> {
+    let mut owners = Vec::new();
+    let word = |b: &[u8], i: usize| -> Option<usize> {
+        Some(u32::from_le_bytes(b.get(i..i + 4)?.try_into().ok()?) as usize)
+    };
+    while let (Some(namesz), Some(descsz)) = (word(notes, 0), word(notes, 4)) {
+        let name_end = 12usize.saturating_add(namesz);
+        let Some(name) = notes.get(12..name_end) else {
+            break;
+        };
+        owners.push(
+            String::from_utf8_lossy(name)
+                .trim_end_matches('\0')
+                .to_string(),
+        );
+        let next = name_end
+            .checked_next_multiple_of(4)
+            .and_then(|n| n.checked_add(descsz))
+            .and_then(|n| n.checked_next_multiple_of(4));
+        match next.and_then(|n| notes.get(n..)) {
+            Some(rest) => notes = rest,
+            None => break,
+        }
+    }
+    owners
+}
+
+/// Where an initrd landed in guest memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InitrdRegion {
+    pub addr: u64,
+    pub size: u64,
+}
+
+/// Picks the initrd's address: as high as the kernel accepts, page-aligned,
+/// clear of the kernel.
+pub fn initrd_address(size: u64, kernel_end: u64, low_mem_end: u64, addr_max: u64) -> Option<u64> {
+    let top = low_mem_end.min(addr_max.saturating_add(1));
+    let addr = top.checked_sub(size)? & !(PAGE_SIZE - 1);
+    (addr >= kernel_end).then_some(addr)
+}
+
+/// Reads the initrd at `path` into guest memory above the kernel.
+pub fn load_initrd(
+    mem: &GuestMemoryMmap,
+    path: &Path,
+    kernel: &LoadedKernel,
+) -> Result<InitrdRegion, BootError> {
+    let mut file = open("initrd", path)?;
+    let display = path.display().to_string();
+    let read_err = |source| BootError::InitrdRead {
+        path: display.clone(),
+        source,
+    };
+    let size = file.metadata().map_err(read_err)?.len();
+    let addr = initrd_address(
+        size,
+        kernel.end,
+        low_memory_end(mem),
+        kernel.initrd_addr_max(),
+    )
+    .ok_or(BootError::InitrdTooBig {
+        path: display.clone(),
+        size_mib: size >> 20,
+    })?;
+    mem.read_exact_volatile_from(GuestAddress(addr), &mut file, size as usize)
+        .map_err(|e| read_err(std::io::Error::other(e.to_string())))?;
+    Ok(InitrdRegion { addr, size })
+}
+
+/// The RAM map the guest sees: conventional memory below the EBDA, then
+/// everything from 1 MiB, split around the 32-bit MMIO gap.
+pub fn e820_map(mem_size: u64) -> Vec<(u64, u64)> {
+    let mut map = vec![(0, layout::EBDA_START)];
+    for (start, len) in layout::ram_regions(mem_size) {
+        let start_above_1m = start.max(layout::HIMEM_START);
+        let end = start + len;
+        if end > start_above_1m {
+            map.push((start_above_1m, end - start_above_1m));
+        }
+    }
+    map
+}
+
+/// What the boot structures point at.
+#[derive(Debug, Clone, Copy)]
+pub struct BootInfo {
+    pub mem_size: u64,
+    pub cmdline_addr: u64,
+    /// Length of the command line, without its NUL.
+    pub cmdline_len: usize,
+    pub initrd: Option<InitrdRegion>,
+    pub rsdp: Option<u64>,
+}
+
+/// Writes the zero page for the Linux 64-bit boot protocol.
+pub fn write_zero_page(
+    mem: &GuestMemoryMmap,
+    kernel: &LoadedKernel,
+    info: &BootInfo,
+) -> Result<(), BootError> {
+    let mut params = boot_params::default();
+    if let Some(hdr) = kernel.setup_header {
+        params.hdr = hdr;
+    } else {
+        params.hdr.header = BZIMAGE_MAGIC;
+        params.hdr.kernel_alignment = 0x0100_0000;
+    }
+    params.hdr.type_of_loader = KERNEL_LOADER_OTHER;
+    params.hdr.boot_flag = KERNEL_BOOT_FLAG_MAGIC;
+    params.hdr.cmd_line_ptr = info.cmdline_addr as u32;
+    params.hdr.cmdline_size = info.cmdline_len as u32;
+    if let Some(initrd) = info.initrd {
+        params.hdr.ramdisk_image = initrd.addr as u32;
+        params.hdr.ramdisk_size = initrd.size as u32;
+    }
+    params.acpi_rsdp_addr = info.rsdp.unwrap_or(0);
+    let map = e820_map(info.mem_size);
+    for (slot, (addr, size)) in params.e820_table.iter_mut().zip(&map) {
+        *slot = boot_e820_entry {
+            addr: *addr,
+            size: *size,
+            r#type: E820_RAM,
+        };
+    }
+    params.e820_entries = map.len() as u8;
+    LinuxBootConfigurator::write_bootparams::<GuestMemoryMmap>(
+        &BootParams::new(&params, GuestAddress(layout::ZERO_PAGE_START)),
+        mem,
+    )?;
+    Ok(())
+}
+
+/// Writes the PVH `hvm_start_info`, its memory map and the initrd module.
+pub fn write_pvh_start_info(mem: &GuestMemoryMmap, info: &BootInfo) -> Result<(), BootError> {
+    let map: Vec<hvm_memmap_table_entry> = e820_map(info.mem_size)
+        .into_iter()
+        .map(|(addr, size)| hvm_memmap_table_entry {
+            addr,
+            size,
+            type_: E820_RAM,
+            reserved: 0,
+        })
+        .collect();
+    let mut start = hvm_start_info {
+        magic: PVH_MAGIC,
+        version: 1,
+        cmdline_paddr: info.cmdline_addr,
+        rsdp_paddr: info.rsdp.unwrap_or(0),
+        memmap_paddr: layout::PVH_MEMMAP_START,
+        memmap_entries: map.len() as u32,
+        ..Default::default()
+    };
+    let mut modules = Vec::new();
+    if let Some(initrd) = info.initrd {
+        start.nr_modules = 1;
+        start.modlist_paddr = layout::PVH_MODLIST_START;
+        modules.push(hvm_modlist_entry {
+            paddr: initrd.addr,
+            size: initrd.size,
+            ..Default::default()
+        });
+    }
+    let mut params = BootParams::new(&start, GuestAddress(layout::PVH_INFO_START));
+    params.set_sections(&map, GuestAddress(layout::PVH_MEMMAP_START));
+    if !modules.is_empty() {
+        params.set_modules(&modules, GuestAddress(layout::PVH_MODLIST_START));
+    }
+    PvhBootConfigurator::write_bootparams::<GuestMemoryMmap>(&params, mem)?;
+    Ok(())
+}
+
+/// Writes whichever boot structure `kernel.mode` needs and returns the
+/// address the kernel expects in its boot-info register.
+pub fn write_boot_info(
+    mem: &GuestMemoryMmap,
+    kernel: &LoadedKernel,
+    info: &BootInfo,
+) -> Result<u64, BootError> {
+    match kernel.mode {
+        BootMode::Linux64 => write_zero_page(mem, kernel, info).map(|_| layout::ZERO_PAGE_START),
+        BootMode::Pvh => write_pvh_start_info(mem, info).map(|_| layout::PVH_INFO_START),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mem(mib: u64) -> GuestMemoryMmap {
+        crate::vstate::memory::create_guest_memory(mib << 20).unwrap()
+    }
+
+    #[test]
+    fn e820_for_several_sizes() {
+        assert_eq!(
+            e820_map(64 << 20),
+            vec![
+                (0, layout::EBDA_START),
+                (layout::HIMEM_START, (64 << 20) - layout::HIMEM_START)
+            ]
+        );
+        assert_eq!(
+            e820_map(3 << 30),
+            vec![
+                (0, layout::EBDA_START),
+                (layout::HIMEM_START, (3 << 30) - layout::HIMEM_START)
+            ]
+        );
+        assert_eq!(
+            e820_map(8 << 30),
+            vec![
+                (0, layout::EBDA_START),
+                (
+                    layout::HIMEM_START,
+                    layout::MMIO_GAP_START - layout::HIMEM_START
+                ),
+                (layout::MMIO_GAP_END, (8 << 30) - layout::MMIO_GAP_START),
+            ]
+        );
+        // The map always describes exactly the RAM there is, less the
+        // BIOS hole between the EBDA and 1 MiB.
+        for mib in [2u64, 64, 128, 3072, 3073, 4096, 16384] {
+            let total: u64 = e820_map(mib << 20).iter().map(|e| e.1).sum();
+            assert_eq!(
+                total,
+                (mib << 20) - (layout::HIMEM_START - layout::EBDA_START)
+            );
+        }
+    }
+
+    #[test]
+    fn initrd_goes_high_and_clear_of_the_kernel() {
+        let end = 64 << 20;
+        assert_eq!(
+            initrd_address(4096, 0x200_0000, end, u64::MAX),
+            Some(end - 4096)
+        );
+        assert_eq!(
+            initrd_address(4097, 0x200_0000, end, u64::MAX),
+            Some(end - 8192)
+        );
+        assert_eq!(
+            initrd_address(1 << 20, 0, 1 << 30, 0x37ff_ffff),
+            Some(0x3800_0000 - (1 << 20))
+        );
+        assert_eq!(initrd_address(63 << 20, 2 << 20, end, u64::MAX), None);
+        assert_eq!(initrd_address(u64::MAX, 0, end, u64::MAX), None);
+    }
+
+    #[test]
+    fn zero_page_carries_cmdline_initrd_and_e820() {
+        let m = mem(64);
+        let kernel = LoadedKernel {
+            entry: 0x100_0000,
+            mode: BootMode::Linux64,
+            end: 0x200_0000,
+            setup_header: None,
+            is_linux: false,
+        };
+        let info = BootInfo {
+            mem_size: 64 << 20,
+            cmdline_addr: layout::CMDLINE_START,
+            cmdline_len: 12,
+            initrd: Some(InitrdRegion {
+                addr: 0x300_0000,
+                size: 1234,
+            }),
+            rsdp: Some(layout::ACPI_START),
+        };
+        assert_eq!(
+            write_boot_info(&m, &kernel, &info).unwrap(),
+            layout::ZERO_PAGE_START
+        );
+        let p: boot_params = m.read_obj(GuestAddress(layout::ZERO_PAGE_START)).unwrap();
+        assert_eq!({ p.hdr.cmd_line_ptr }, layout::CMDLINE_START as u32);
+        assert_eq!({ p.hdr.ramdisk_image }, 0x300_0000);
+        assert_eq!({ p.hdr.ramdisk_size }, 1234);
+        assert_eq!({ p.hdr.boot_flag }, KERNEL_BOOT_FLAG_MAGIC);
+        assert_eq!({ p.acpi_rsdp_addr }, layout::ACPI_START);
+        assert_eq!(p.e820_entries, 2);
+        assert_eq!({ p.e820_table[1].addr }, layout::HIMEM_START);
+    }
+
+    #[test]
+    fn pvh_start_info_lists_memory_and_initrd() {
+        let m = mem(64);
+        let kernel = LoadedKernel {
+            entry: 0x100_0000,
+            mode: BootMode::Pvh,
+            end: 0x200_0000,
+            setup_header: None,
+            is_linux: true,
+        };
+        let info = BootInfo {
+            mem_size: 64 << 20,
+            cmdline_addr: layout::CMDLINE_START,
+            cmdline_len: 3,
+            initrd: Some(InitrdRegion {
+                addr: 0x300_0000,
+                size: 99,
+            }),
+            rsdp: None,
+        };
+        assert_eq!(
+            write_boot_info(&m, &kernel, &info).unwrap(),
+            layout::PVH_INFO_START
+        );
+        let s: hvm_start_info = m.read_obj(GuestAddress(layout::PVH_INFO_START)).unwrap();
+        assert_eq!((s.magic, s.memmap_entries, s.nr_modules), (PVH_MAGIC, 2, 1));
+        let module: hvm_modlist_entry = m.read_obj(GuestAddress(s.modlist_paddr)).unwrap();
+        assert_eq!((module.paddr, module.size), (0x300_0000, 99));
+        let e: hvm_memmap_table_entry = m
+            .read_obj(GuestAddress(layout::PVH_MEMMAP_START + 24))
+            .unwrap();
+        assert_eq!(e.addr, layout::HIMEM_START);
+    }
+
+    #[test]
+    fn note_owners_parse_and_survive_garbage() {
+        let mut notes = Vec::new();
+        for (name, desc) in [(&b"Linux\0"[..], &[1u8, 2, 3][..]), (b"Xen\0", &[0u8; 4])] {
+            notes.extend((name.len() as u32).to_le_bytes());
+            notes.extend((desc.len() as u32).to_le_bytes());
+            notes.extend(1u32.to_le_bytes());
+            notes.extend(name);
+            notes.resize(notes.len().next_multiple_of(4), 0);
+            notes.extend(desc);
+            notes.resize(notes.len().next_multiple_of(4), 0);
+        }
+        assert_eq!(parse_note_owners(&notes), vec!["Linux", "Xen"]);
+        assert!(parse_note_owners(&[0xff; 11]).is_empty());
+        let mut huge = vec![0xff; 16];
+        huge[4..8].copy_from_slice(&0u32.to_le_bytes());
+        assert!(parse_note_owners(&huge).is_empty());
+    }
+
+    #[test]
+    fn rejects_missing_unknown_and_truncated_kernels() {
+        let m = mem(16);
+        let dir = std::env::temp_dir().join(format!("kiln-boot-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let missing = load_kernel(&m, &dir.join("nope")).unwrap_err();
+        assert!(
+            missing.to_string().contains("cannot open kernel"),
+            "{missing}"
+        );
+        let junk = dir.join("junk");
+        std::fs::write(&junk, vec![0u8; 4096]).unwrap();
+        assert!(matches!(
+            load_kernel(&m, &junk),
+            Err(BootError::UnknownFormat(_))
+        ));
+        let trunc = dir.join("trunc");
+        std::fs::write(&trunc, b"\x7fELF\x02\x01\x01").unwrap();
+        assert!(matches!(
+            load_kernel(&m, &trunc),
+            Err(BootError::Load { .. })
+        ));
+        let mut bz = vec![0u8; 0x300];
+        bz[0x202..0x206].copy_from_slice(&BZIMAGE_MAGIC.to_le_bytes());
+        let bzp = dir.join("bz");
+        std::fs::write(&bzp, &bz).unwrap();
+        assert!(matches!(load_kernel(&m, &bzp), Err(BootError::Load { .. })));
+    }
+}

@@ -11,6 +11,8 @@ pub const BOOT_IDT_START: u64 = 0x520;
 pub const PVH_INFO_START: u64 = 0x6000;
 /// PVH memory map entries follow the start info.
 pub const PVH_MEMMAP_START: u64 = 0x6040;
+/// PVH module list (the initrd), after room for 8 memory map entries.
+pub const PVH_MODLIST_START: u64 = 0x6100;
 /// Linux zero page (`struct boot_params`).
 pub const ZERO_PAGE_START: u64 = 0x7000;
 /// Identity-mapping page tables: PML4, PDPT and one page directory per GiB.
@@ -97,7 +99,8 @@ mod tests {
     #[test]
     fn fixed_areas_do_not_overlap() {
         assert!(BOOT_IDT_START + 8 <= PVH_INFO_START);
-        assert!(PVH_MEMMAP_START < ZERO_PAGE_START);
+        assert!(PVH_MEMMAP_START + 8 * 24 <= PVH_MODLIST_START);
+        assert!(PVH_MODLIST_START + 32 <= ZERO_PAGE_START);
         assert!(ZERO_PAGE_START + 4096 <= PML4_START);
         assert!(PDE_START + BOOT_IDENTITY_MAP_GIB * 4096 <= CMDLINE_START);
         assert!(CMDLINE_START + CMDLINE_MAX_SIZE as u64 <= EBDA_START);

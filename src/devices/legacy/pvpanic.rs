@@ -1,1 +1,15 @@
-//! (in progress)
+//! (stub)
+use crate::devices::bus::BusDevice;
+use crate::exit::ExitNotifier;
+pub struct PvPanicDevice {
+    _exit: ExitNotifier,
+}
+impl PvPanicDevice {
+    pub fn new(exit: ExitNotifier) -> Self {
+        Self { _exit: exit }
+    }
+}
+impl BusDevice for PvPanicDevice {
+    fn read(&mut self, _o: u64, _d: &mut [u8]) {}
+    fn write(&mut self, _o: u64, _d: &[u8]) {}
+}

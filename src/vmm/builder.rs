@@ -1,0 +1,321 @@
+//! Turning a [`VmConfig`] into a ready-to-run VM: KVM objects, guest
+//! memory, the loaded kernel and boot structures, devices on their buses,
+//! and configured (not yet running) vCPUs.
+
+use std::io::Write;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+
+use event_manager::{MutEventSubscriber, SubscriberOps};
+use kvm_bindings::{
+    kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
+};
+use kvm_ioctls::{Kvm, VmFd};
+use linux_loader::cmdline::Cmdline;
+use linux_loader::loader::load_cmdline;
+use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use super::ConsoleInput;
+use crate::arch::x86_64::boot::{self, BootError, BootInfo};
+use crate::arch::x86_64::{acpi, cpuid, layout, mptable, regs};
+use crate::config::{validate_cmdline, ConfigError, VmConfig};
+use crate::devices::bus::{Bus, BusDevice};
+use crate::devices::legacy::acpi_pm::AcpiPmDevice;
+use crate::devices::legacy::i8042::I8042Device;
+use crate::devices::legacy::pvpanic::PvPanicDevice;
+use crate::devices::legacy::serial::{SerialDevice, SerialInput};
+use crate::devices::EventLoop;
+use crate::exit::ExitNotifier;
+use crate::vstate::kvm::{open_kvm, HostKind, KvmError, PVM_HINT};
+use crate::vstate::memory::{create_guest_memory, GuestMemoryMmap, MemoryError};
+use crate::vstate::vcpu::Vcpu;
+
+/// Where KVM may put its real-mode TSS: three pages just below the BIOS.
+const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Kvm(#[from] KvmError),
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    #[error(transparent)]
+    Boot(#[from] BootError),
+    #[error(transparent)]
+    Regs(#[from] regs::RegsError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("--cpus {asked} is more than this host's KVM allows ({max})")]
+    TooManyCpus { asked: u8, max: usize },
+    #[error("--memory {asked} MiB is more than this host's {host} MiB of RAM")]
+    MemoryOverHost { asked: u64, host: u64 },
+    #[error("{0}")]
+    PvmHost(&'static str),
+    #[error("KVM refused to {what}: {source}")]
+    KvmOp {
+        what: &'static str,
+        source: kvm_ioctls::Error,
+    },
+    #[error("cannot build the kernel command line: {0}")]
+    Cmdline(linux_loader::cmdline::Error),
+    #[error("cannot write the MP table: {0}")]
+    Mptable(#[from] mptable::MptableError),
+    #[error("cannot write the ACPI tables: {0}")]
+    Acpi(#[from] acpi::AcpiError),
+    #[error("cannot place devices: {0}")]
+    Bus(#[from] crate::devices::bus::BusError),
+    #[error("cannot set up the VMM: {0}")]
+    Setup(std::io::Error),
+}
+
+impl BuildError {
+    /// Whether the user asked for something impossible (exit status 2).
+    pub fn is_usage(&self) -> bool {
+        matches!(
+            self,
+            BuildError::Config(_)
+                | BuildError::TooManyCpus { .. }
+                | BuildError::MemoryOverHost { .. }
+        )
+    }
+}
+
+fn kvm_op(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> BuildError {
+    move |source| BuildError::KvmOp { what, source }
+}
+
+/// A VM ready to run. Field order is drop order: vCPUs and the VM go
+/// before the memory they point into.
+pub struct BuiltVm {
+    pub vcpus: Vec<Vcpu>,
+    pub vm_fd: VmFd,
+    pub memory: GuestMemoryMmap,
+}
+
+/// Host RAM in MiB, from /proc/meminfo; None if unreadable.
+fn host_memory_mib() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib >> 10)
+}
+
+fn check_host_limits(kvm: &Kvm, config: &VmConfig) -> Result<(), BuildError> {
+    let max = kvm.get_max_vcpus();
+    if usize::from(config.cpus) > max {
+        return Err(BuildError::TooManyCpus {
+            asked: config.cpus,
+            max,
+        });
+    }
+    if let Some(host) = host_memory_mib() {
+        if config.memory_mib > host {
+            return Err(BuildError::MemoryOverHost {
+                asked: config.memory_mib,
+                host,
+            });
+        }
+    }
+    Ok(())
+}
+
+fn register_memory(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<(), BuildError> {
+    for (slot, region) in mem.iter().enumerate() {
+        let r = kvm_userspace_memory_region {
+            slot: slot as u32,
+            guest_phys_addr: region.start_addr().raw_value(),
+            memory_size: region.len(),
+            userspace_addr: region.as_ptr() as u64,
+            flags: 0,
+        };
+        // SAFETY: the region is a live mapping of exactly `memory_size`
+        // bytes, and `BuiltVm` keeps it mapped until after the VM fd and
+        // every vCPU are gone.
+        unsafe { vm.set_user_memory_region(r) }.map_err(kvm_op("map guest memory"))?;
+    }
+    Ok(())
+}
+
+/// Builds the kernel command line: the user's, plus what devices need.
+fn build_cmdline(config: &VmConfig, limit: usize) -> Result<Cmdline, BuildError> {
+    validate_cmdline(&config.cmdline, limit)?;
+    let mut cmdline = Cmdline::new(limit).map_err(BuildError::Cmdline)?;
+    if !config.cmdline.trim().is_empty() {
+        cmdline
+            .insert_str(config.cmdline.trim())
+            .map_err(BuildError::Cmdline)?;
+    }
+    Ok(cmdline)
+}
+
+/// Port I/O devices: COM1, i8042, pvpanic, ACPI sleep/reset register.
+fn legacy_devices(
+    vm: &VmFd,
+    output: Box<dyn Write + Send>,
+    input: Option<Box<dyn ConsoleInput>>,
+    exit: &ExitNotifier,
+    event_loop: &mut EventLoop,
+) -> Result<Bus, BuildError> {
+    let mut pio = Bus::new();
+    let irq = EventFd::new(EFD_NONBLOCK).map_err(BuildError::Setup)?;
+    vm.register_irqfd(&irq, layout::COM1_IRQ)
+        .map_err(kvm_op("attach the serial interrupt"))?;
+    let (serial, drained) = SerialDevice::new(irq, output).map_err(BuildError::Setup)?;
+    let serial = Arc::new(Mutex::new(serial));
+    pio.insert(u64::from(layout::COM1_PORT), 8, serial.clone())?;
+    if let Some(input) = input {
+        let sub = SerialInput::new(serial, input, drained);
+        event_loop
+            .add_subscriber(Arc::new(Mutex::new(sub)) as Arc<Mutex<dyn MutEventSubscriber + Send>>);
+    }
+    let devices: [(u16, u64, Arc<Mutex<dyn BusDevice>>); 3] = [
+        (
+            layout::I8042_PORT,
+            I8042Device::WINDOW_LEN,
+            Arc::new(Mutex::new(I8042Device::new(exit.clone()))),
+        ),
+        (
+            layout::PVPANIC_PORT,
+            1,
+            Arc::new(Mutex::new(PvPanicDevice::new(exit.clone()))),
+        ),
+        (
+            layout::ACPI_SLEEP_PORT,
+            1,
+            Arc::new(Mutex::new(AcpiPmDevice::new(exit.clone()))),
+        ),
+    ];
+    for (port, len, dev) in devices {
+        pio.insert(u64::from(port), len, dev)?;
+    }
+    Ok(pio)
+}
+
+/// Creates and configures every vCPU; the first gets the boot registers.
+fn create_vcpus(
+    kvm: &Kvm,
+    vm: &VmFd,
+    mem: &GuestMemoryMmap,
+    config: &VmConfig,
+    entry: (regs::BootMode, u64, u64),
+    buses: (Arc<Bus>, Arc<Bus>),
+    exit: &ExitNotifier,
+    host: HostKind,
+) -> Result<Vec<Vcpu>, BuildError> {
+    let supported = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(kvm_op("report supported CPUID"))?;
+    let mut vcpus = Vec::with_capacity(usize::from(config.cpus));
+    for index in 0..config.cpus {
+        let fd = vm
+            .create_vcpu(u64::from(index))
+            .map_err(kvm_op("create a vCPU"))?;
+        fd.set_cpuid2(&cpuid::vcpu_cpuid(&supported, index, config.cpus))
+            .map_err(kvm_op("set CPUID"))?;
+        regs::setup_msrs(&fd)?;
+        regs::setup_fpu(&fd)?;
+        regs::setup_lint(&fd)?;
+        if index == 0 {
+            let (mode, rip, boot_info) = entry;
+            regs::setup_boot_vcpu(&fd, mem, mode, rip, boot_info)?;
+        }
+        vcpus.push(Vcpu {
+            index,
+            fd,
+            pio_bus: buses.0.clone(),
+            mmio_bus: buses.1.clone(),
+            exit: exit.clone(),
+            stop: Arc::new(AtomicBool::new(false)),
+            host,
+        });
+    }
+    Ok(vcpus)
+}
+
+/// Builds the whole VM; devices with descriptors join `event_loop`.
+pub fn build(
+    config: &VmConfig,
+    output: Box<dyn Write + Send>,
+    input: Option<Box<dyn ConsoleInput>>,
+    exit: &ExitNotifier,
+    event_loop: &mut EventLoop,
+) -> Result<BuiltVm, BuildError> {
+    let host = HostKind::detect();
+    let kvm = open_kvm()?;
+    check_host_limits(&kvm, config)?;
+
+    let memory = create_guest_memory(config.memory_bytes())?;
+    let kernel = boot::load_kernel(&memory, &config.kernel)?;
+    if kernel.is_linux && !host.boots_linux() && !config.force {
+        return Err(BuildError::PvmHost(PVM_HINT));
+    }
+    let initrd = match &config.initrd {
+        Some(path) => Some(boot::load_initrd(&memory, path, &kernel)?),
+        None => None,
+    };
+
+    let vm = kvm.create_vm().map_err(kvm_op("create a VM"))?;
+    vm.set_tss_address(KVM_TSS_ADDRESS)
+        .map_err(kvm_op("set the TSS address"))?;
+    register_memory(&vm, &memory)?;
+    vm.create_irq_chip()
+        .map_err(kvm_op("create the interrupt controller"))?;
+    let pit = kvm_pit_config {
+        flags: KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    };
+    vm.create_pit2(pit).map_err(kvm_op("create the PIT"))?;
+
+    let pio_bus = legacy_devices(&vm, output, input, exit, event_loop)?;
+    let mmio_bus = Bus::new();
+    let virtio_devices: Vec<acpi::MmioDeviceInfo> = Vec::new();
+
+    let cmdline = build_cmdline(config, kernel.cmdline_limit())?;
+    let cmdline_len = cmdline
+        .as_cstring()
+        .map_err(BuildError::Cmdline)?
+        .as_bytes()
+        .len();
+    load_cmdline(&memory, GuestAddress(layout::CMDLINE_START), &cmdline).map_err(|e| {
+        BuildError::Boot(BootError::Load {
+            path: "command line".into(),
+            source: e,
+        })
+    })?;
+
+    mptable::setup_mptable(&memory, config.cpus)?;
+    let rsdp = if config.acpi {
+        let acpi_config = acpi::AcpiConfig {
+            num_cpus: config.cpus,
+            virtio_devices: &virtio_devices,
+        };
+        Some(acpi::create_acpi_tables(&memory, &acpi_config)?.raw_value())
+    } else {
+        None
+    };
+    let info = BootInfo {
+        mem_size: config.memory_bytes(),
+        cmdline_addr: layout::CMDLINE_START,
+        cmdline_len,
+        initrd,
+        rsdp,
+    };
+    let boot_info = boot::write_boot_info(&memory, &kernel, &info)?;
+
+    let vcpus = create_vcpus(
+        &kvm,
+        &vm,
+        &memory,
+        config,
+        (kernel.mode, kernel.entry, boot_info),
+        (Arc::new(pio_bus), Arc::new(mmio_bus)),
+        exit,
+        host,
+    )?;
+    Ok(BuiltVm {
+        vcpus,
+        vm_fd: vm,
+        memory,
+    })
+}

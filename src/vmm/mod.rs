@@ -1,0 +1,113 @@
+//! Build and run a VM from a [`VmConfig`]: the VMM thread's event loop
+//! beside one thread per vCPU, and an orderly teardown.
+
+mod builder;
+mod signals;
+
+use std::io::Write;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+
+use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
+
+use crate::config::{ConfigError, VmConfig};
+pub use crate::devices::legacy::serial::ConsoleInput;
+use crate::devices::EventLoop;
+use crate::exit::ExitReason;
+use crate::terminal::RawTerminal;
+use crate::vstate::vcpu::{self, VcpuHandle};
+
+pub use builder::BuildError;
+use signals::ExitWatcher;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmmError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Build(#[from] BuildError),
+    #[error("event loop failed: {0}")]
+    EventLoop(#[from] event_manager::Error),
+    #[error("cannot start a vCPU thread: {0}")]
+    Thread(std::io::Error),
+}
+
+impl VmmError {
+    /// Usage errors exit 2, everything else about the host or setup 1.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            VmmError::Config(_) => 2,
+            VmmError::Build(e) if e.is_usage() => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// Where the guest's serial console goes and where its input comes from.
+pub struct ConsoleIo {
+    pub output: Box<dyn Write + Send>,
+    pub input: Option<Box<dyn ConsoleInput>>,
+    /// Put the host terminal in raw mode while attached.
+    pub raw_terminal: bool,
+    /// Stop cleanly on SIGTERM/SIGINT (blocks them in this thread).
+    pub handle_signals: bool,
+}
+
+impl ConsoleIo {
+    /// The terminal: stdin in, stdout out, raw mode, signals handled.
+    pub fn stdio() -> Self {
+        Self {
+            output: Box::new(std::io::stdout()),
+            input: Some(Box::new(std::io::stdin())),
+            raw_terminal: true,
+            handle_signals: true,
+        }
+    }
+}
+
+/// Boots the VM described by `config` and runs it until it stops.
+pub fn run_vm(config: &VmConfig, io: ConsoleIo) -> Result<ExitReason, VmmError> {
+    config.validate()?;
+    let ConsoleIo {
+        output,
+        input,
+        raw_terminal,
+        handle_signals,
+    } = io;
+    // Signals must be blocked before any thread starts, so that every
+    // thread inherits the mask and only the signalfd sees them.
+    let watcher = ExitWatcher::new(handle_signals).map_err(BuildError::Setup)?;
+    let exit = watcher.notifier();
+    let mut event_loop: EventLoop = EventManager::new().map_err(VmmError::EventLoop)?;
+    let vm = builder::build(config, output, input, &exit, &mut event_loop)?;
+    event_loop
+        .add_subscriber(Arc::new(Mutex::new(watcher)) as Arc<Mutex<dyn MutEventSubscriber + Send>>);
+
+    vcpu::install_kick_handler().map_err(BuildError::Setup)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let _terminal = raw_terminal.then(RawTerminal::new);
+    let mut handles = Vec::with_capacity(vm.vcpus.len());
+    let mut result = Ok(());
+    for mut v in vm.vcpus {
+        v.stop = stop.clone();
+        match VcpuHandle::spawn(v) {
+            Ok(h) => handles.push(h),
+            Err(e) => {
+                result = Err(VmmError::Thread(e));
+                break;
+            }
+        }
+    }
+    while result.is_ok() && exit.reason().is_none() {
+        if let Err(e) = event_loop.run() {
+            result = Err(VmmError::EventLoop(e));
+        }
+    }
+    vcpu::stop_all(&stop, handles);
+    // The event loop (and the devices it holds) go before guest memory.
+    drop(event_loop);
+    drop(vm.vm_fd);
+    drop(vm.memory);
+    result?;
+    Ok(exit.reason().unwrap_or(ExitReason::PowerOff))
+}

@@ -1,0 +1,93 @@
+//! The VMM loop's stop watcher: the exit notifier plus, for the CLI, a
+//! signalfd for SIGTERM/SIGINT/SIGHUP.
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::fd::{AsRawFd, FromRawFd};
+
+use event_manager::{EventOps, Events, MutEventSubscriber};
+use vmm_sys_util::epoll::EventSet;
+
+use crate::exit::{ExitNotifier, ExitReason};
+
+const STOP_SIGNALS: [libc::c_int; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
+
+pub struct ExitWatcher {
+    exit: ExitNotifier,
+    signals: Option<File>,
+}
+
+/// Blocks the stop signals in this thread (threads started later inherit
+/// the mask) and returns a signalfd that reads them.
+fn stop_signal_fd() -> io::Result<File> {
+    // SAFETY: sigemptyset/sigaddset initialise and fill a local set.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid, writable sigset_t.
+    unsafe { libc::sigemptyset(&mut set) };
+    for sig in STOP_SIGNALS {
+        // SAFETY: as above; the signal numbers are valid.
+        unsafe { libc::sigaddset(&mut set, sig) };
+    }
+    // SAFETY: `set` is initialised; the old mask is not needed.
+    let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    if rc != 0 {
+        return Err(io::Error::from_raw_os_error(rc));
+    }
+    // SAFETY: -1 asks for a new descriptor; `set` is initialised.
+    let fd = unsafe { libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh descriptor we own.
+    Ok(unsafe { File::from_raw_fd(fd) })
+}
+
+impl ExitWatcher {
+    pub fn new(handle_signals: bool) -> io::Result<Self> {
+        Ok(Self {
+            exit: ExitNotifier::new()?,
+            signals: if handle_signals {
+                Some(stop_signal_fd()?)
+            } else {
+                None
+            },
+        })
+    }
+
+    pub fn notifier(&self) -> ExitNotifier {
+        self.exit.clone()
+    }
+
+    fn read_signal(&mut self) {
+        let Some(file) = self.signals.as_mut() else {
+            return;
+        };
+        let mut info = [0u8; std::mem::size_of::<libc::signalfd_siginfo>()];
+        if file.read_exact(&mut info).is_ok() {
+            // ssi_signo is the first field.
+            let signo = u32::from_ne_bytes([info[0], info[1], info[2], info[3]]);
+            self.exit.notify(ExitReason::Signal(signo as i32));
+        }
+    }
+}
+
+impl MutEventSubscriber for ExitWatcher {
+    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        if events.fd() == self.exit.event_fd().as_raw_fd() {
+            let _ = self.exit.event_fd().read();
+        } else {
+            self.read_signal();
+        }
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(self.exit.event_fd(), EventSet::IN)) {
+            log::error!("cannot watch the VM exit event: {e}");
+        }
+        if let Some(file) = &self.signals {
+            if let Err(e) = ops.add(Events::new(file, EventSet::IN)) {
+                log::error!("cannot watch for stop signals: {e}");
+            }
+        }
+    }
+}

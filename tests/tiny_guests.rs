@@ -1,0 +1,209 @@
+//! kiln on the real /dev/kvm with tiny guests assembled by the test. These
+//! run in milliseconds, on hardware KVM and on PVM hosts alike.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{assemble, run_kiln, scratch};
+
+const TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Prints a NUL-terminated string at %rsi to COM1; clobbers %al, %dx.
+const PUTS: &str = r#"
+puts:
+    mov $0x3f8, %dx
+1:  lodsb
+    test %al, %al
+    jz 2f
+    out %al, %dx
+    jmp 1b
+2:  ret
+"#;
+
+/// Resets through the i8042 CPU-reset pulse.
+const RESET: &str = "    mov $0xfe, %al\n    out %al, $0x64\n    hlt\n";
+
+fn boot(guest: &std::path::Path, extra: &[&str]) -> common::Outcome {
+    let mut args = vec![
+        "boot",
+        "--kernel",
+        guest.to_str().unwrap(),
+        "--memory",
+        "64",
+    ];
+    args.extend_from_slice(extra);
+    run_kiln(&args, TIMEOUT)
+}
+
+#[test]
+fn prints_through_the_uart_and_resets_with_status_zero() {
+    let dir = scratch("hello");
+    let src = format!(
+        ".code64\n.globl _start\n_start:\n    lea msg(%rip), %rsi\n    call puts\n{RESET}{PUTS}msg: .asciz \"hello from a tiny guest\\n\"\n"
+    );
+    let out = boot(&assemble(&dir, "hello", &src), &[]);
+    assert_eq!(out.code, Some(0), "stderr: {}", out.stderr);
+    assert_eq!(out.stdout, "hello from a tiny guest\n");
+    assert!(out.stderr.is_empty(), "unexpected stderr: {}", out.stderr);
+}
+
+#[test]
+fn triple_fault_is_a_clear_nonzero_exit() {
+    let dir = scratch("triple");
+    // With an empty IDT, #UD cannot be delivered: #GP, #DF, then shutdown.
+    let src = ".code64\n.globl _start\n_start:\n    ud2\n";
+    let out = boot(&assemble(&dir, "triple", src), &[]);
+    assert_eq!(out.code, Some(4), "stderr: {}", out.stderr);
+    let lines: Vec<&str> = out.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "want one line, got: {}", out.stderr);
+    assert!(lines[0].contains("triple-fault"), "{}", lines[0]);
+}
+
+/// The BSP copies a real-mode trampoline to 0x10000, wakes the APs with
+/// INIT + SIPI, and each CPU writes its CPUID APIC ID as one digit to
+/// COM1; the BSP waits for every AP to check in, then resets.
+fn smp_guest_source() -> String {
+    format!(
+        r#"
+    .code64
+    .globl _start
+_start:
+    mov $1, %eax
+    cpuid
+    shr $24, %ebx
+    mov %bl, %al
+    add $'0', %al
+    mov $0x3f8, %dx
+    out %al, %dx
+    mov $1, %eax
+    cpuid
+    shr $16, %ebx
+    and $0xff, %ebx
+    dec %ebx                  # APs expected
+    lea ap_start(%rip), %rsi
+    mov $0x10000, %rdi
+    mov $(ap_end - ap_start), %rcx
+    rep movsb
+    movw $0, 0x5000
+    mov $0xfee00300, %rax
+    movl $0x000c4500, (%rax)  # INIT to all but self
+    movl $0x000c4610, (%rax)  # SIPI, vector 0x10 -> 0x10000
+wait:
+    movzwl 0x5000, %ecx
+    cmp %ebx, %ecx
+    jb wait
+    mov $'\n', %al
+    mov $0x3f8, %dx
+    out %al, %dx
+{RESET}
+    .code16
+ap_start:
+    mov $1, %eax
+    cpuid
+    shr $24, %ebx
+    mov %bl, %al
+    add $'0', %al
+    mov $0x3f8, %dx
+    out %al, %dx
+    xor %ax, %ax
+    mov %ax, %ds
+    lock incw 0x5000
+1:  hlt
+    jmp 1b
+ap_end:
+"#
+    )
+}
+
+#[test]
+fn every_vcpu_reports_its_own_apic_id() {
+    let dir = scratch("smp");
+    let guest = assemble(&dir, "smp", &smp_guest_source());
+    for cpus in [2u8, 4] {
+        let n = cpus.to_string();
+        let out = boot(&guest, &["--cpus", &n]);
+        assert_eq!(out.code, Some(0), "cpus={cpus} stderr: {}", out.stderr);
+        let mut ids: Vec<char> = out.stdout.trim_end().chars().collect();
+        ids.sort_unstable();
+        let want: Vec<char> = (0..cpus).map(|i| char::from(b'0' + i)).collect();
+        assert_eq!(ids, want, "cpus={cpus} stdout: {:?}", out.stdout);
+    }
+}
+
+/// Prints the command line from the zero page, then the sum of the e820
+/// RAM entries as 16 hex digits.
+fn zero_page_guest_source() -> String {
+    format!(
+        r#"
+    .code64
+    .globl _start
+_start:
+    mov %rsi, %r15             # zero page
+    mov 0x228(%r15), %esi      # hdr.cmd_line_ptr
+    call puts
+    mov $'\n', %al
+    out %al, %dx
+    movzbl 0x1e8(%r15), %ecx   # e820_entries
+    lea 0x2d0(%r15), %r8       # e820_table, 20-byte entries
+    xor %r9, %r9
+sum:
+    test %ecx, %ecx
+    jz print
+    cmpl $1, 16(%r8)
+    jne 3f
+    add 8(%r8), %r9
+3:  add $20, %r8
+    dec %ecx
+    jmp sum
+print:
+    mov $16, %ecx
+    mov $0x3f8, %dx
+hex:
+    rol $4, %r9
+    mov %r9b, %al
+    and $0xf, %al
+    add $'0', %al
+    cmp $'9', %al
+    jbe 4f
+    add $('a' - '0' - 10), %al
+4:  out %al, %dx
+    dec %ecx
+    jnz hex
+    mov $'\n', %al
+    out %al, %dx
+{RESET}{PUTS}"#
+    )
+}
+
+#[test]
+fn zero_page_carries_the_cmdline_and_memory_size() {
+    let dir = scratch("zeropage");
+    let guest = assemble(&dir, "zp", &zero_page_guest_source());
+    for mib in [64u64, 200] {
+        let cmdline = format!("console=ttyS0 kiln.test={mib}");
+        let m = mib.to_string();
+        let out = run_kiln(
+            &[
+                "boot",
+                "--kernel",
+                guest.to_str().unwrap(),
+                "--memory",
+                &m,
+                "--cmdline",
+                &cmdline,
+            ],
+            TIMEOUT,
+        );
+        assert_eq!(out.code, Some(0), "stderr: {}", out.stderr);
+        let lines: Vec<&str> = out.stdout.lines().collect();
+        assert_eq!(lines[0], cmdline);
+        // All RAM but the 0x9fc00..0x100000 BIOS hole.
+        let want = (mib << 20) - (0x10_0000 - 0x9_fc00);
+        assert_eq!(
+            u64::from_str_radix(lines[1], 16).unwrap(),
+            want,
+            "{lines:?}"
+        );
+    }
+}
