@@ -11,8 +11,7 @@ use crate::arch::x86_64::layout;
 /// Command line used when the user gives none: serial console, reboot
 /// through the i8042 so a guest `reboot` ends kiln, and a panic reboots
 /// after 1 s instead of hanging.
-pub const DEFAULT_CMDLINE: &str =
-    "console=ttyS0 reboot=k panic=1 i8042.noaux i8042.nomux i8042.dumbkbd";
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=1 i8042.noaux i8042.nomux i8042.dumbkbd";
 pub const DEFAULT_CPUS: u8 = 1;
 pub const DEFAULT_MEMORY_MIB: u64 = 128;
 /// Below this a Linux kernel cannot even decompress; tiny guests fit easily.
@@ -132,10 +131,7 @@ mod tests {
         assert_eq!(validate_cpus(1), Ok(1));
         assert_eq!(validate_cpus(254), Ok(254));
         assert_eq!(validate_cpus(255), Err(ConfigError::TooManyCpus(255)));
-        assert_eq!(
-            validate_cpus(u64::MAX),
-            Err(ConfigError::TooManyCpus(u64::MAX))
-        );
+        assert_eq!(validate_cpus(u64::MAX), Err(ConfigError::TooManyCpus(u64::MAX)));
     }
 
     #[test]

@@ -90,11 +90,7 @@ impl ExitNotifier {
     }
 
     pub fn reason(&self) -> Option<ExitReason> {
-        self.0
-            .reason
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.0.reason.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     pub fn event_fd(&self) -> &EventFd {

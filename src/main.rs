@@ -71,8 +71,27 @@ fn fail(code: u8, message: impl std::fmt::Display) -> ExitCode {
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::new().filter_or("KILN_LOG", "warn")).init();
-    let cli = Cli::parse();
+    env_logger::Builder::from_env(env_logger::Env::new().filter_or("KILN_LOG", "error")).init();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if e.use_stderr() => {
+            // clap explains at length; kiln's contract is one line.
+            let rendered = e.render().to_string();
+            let summary: Vec<&str> = rendered
+                .lines()
+                .take_while(|l| !l.trim().is_empty())
+                .map(str::trim)
+                .collect();
+            let summary = summary.join(" ");
+            let summary = summary.strip_prefix("error: ").unwrap_or(&summary);
+            return fail(2, format_args!("{summary} (see kiln --help)"));
+        }
+        Err(e) => {
+            // --help and --version.
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+    };
     match cli.command {
         Command::Boot(args) => {
             let config = match args.into_config() {

@@ -25,13 +25,7 @@ puts:
 const RESET: &str = "    mov $0xfe, %al\n    out %al, $0x64\n    hlt\n";
 
 fn boot(guest: &std::path::Path, extra: &[&str]) -> common::Outcome {
-    let mut args = vec![
-        "boot",
-        "--kernel",
-        guest.to_str().unwrap(),
-        "--memory",
-        "64",
-    ];
+    let mut args = vec!["boot", "--kernel", guest.to_str().unwrap(), "--memory", "64"];
     args.extend_from_slice(extra);
     run_kiln(&args, TIMEOUT)
 }
@@ -200,10 +194,150 @@ fn zero_page_carries_the_cmdline_and_memory_size() {
         assert_eq!(lines[0], cmdline);
         // All RAM but the 0x9fc00..0x100000 BIOS hole.
         let want = (mib << 20) - (0x10_0000 - 0x9_fc00);
-        assert_eq!(
-            u64::from_str_radix(lines[1], 16).unwrap(),
-            want,
-            "{lines:?}"
-        );
+        assert_eq!(u64::from_str_radix(lines[1], 16).unwrap(), want, "{lines:?}");
     }
+}
+
+/// A tiny guest that carries a "Linux" ELF note, as every vmlinux does.
+fn linux_lookalike_source() -> String {
+    format!(
+        ".code64\n.globl _start\n_start:\n    lea msg(%rip), %rsi\n    call puts\n{RESET}{PUTS}msg: .asciz \"ran\\n\"\n\
+         .section .note.Linux, \"a\", @note\n.balign 4\n.long 6, 4, 1\n.asciz \"Linux\"\n.balign 4\n.long 0\n"
+    )
+}
+
+#[test]
+fn linux_kernel_on_a_pvm_host_is_refused_in_one_line() {
+    let dir = scratch("pvm");
+    let guest = assemble(&dir, "linuxish", &linux_lookalike_source());
+    let pvm = std::path::Path::new("/sys/module/kvm_pvm").exists();
+    let out = boot(&guest, &[]);
+    if pvm {
+        assert_eq!(out.code, Some(1), "stderr: {}", out.stderr);
+        assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
+        assert!(
+            out.stderr.contains("PVM") && out.stderr.contains("nested-host"),
+            "{}",
+            out.stderr
+        );
+        assert!(out.elapsed < Duration::from_secs(5));
+    } else {
+        assert_eq!(out.code, Some(0), "hardware KVM boots it: {}", out.stderr);
+    }
+    // --force runs it anyway; a tiny guest is fine under PVM.
+    let forced = boot(&guest, &["--force"]);
+    assert_eq!(forced.code, Some(0), "stderr: {}", forced.stderr);
+    assert_eq!(forced.stdout, "ran\n");
+}
+
+#[test]
+fn sigterm_stops_a_stuck_guest_cleanly() {
+    let dir = scratch("sigterm");
+    for (name, body) in [
+        ("halted", "    cli\n1:  hlt\n    jmp 1b\n"),
+        ("spinning", "1:  jmp 1b\n"),
+    ] {
+        let guest = assemble(&dir, name, &format!(".code64\n.globl _start\n_start:\n{body}"));
+        let mut child = std::process::Command::new(common::kiln())
+            .args([
+                "boot",
+                "--kernel",
+                guest.to_str().unwrap(),
+                "--memory",
+                "64",
+                "--cpus",
+                "2",
+            ])
+            .stdin(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        // SAFETY: plain kill(2) on our own child.
+        assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+        let start = std::time::Instant::now();
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            if start.elapsed() > Duration::from_secs(5) {
+                let _ = child.kill();
+                panic!("{name}: kiln ignored SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        assert_eq!(status.code(), Some(128 + libc::SIGTERM), "{name}");
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+        assert_eq!(err.trim(), "kiln: stopped by signal 15", "{name}");
+    }
+}
+
+#[test]
+fn acpi_s5_powers_off_with_status_zero() {
+    let dir = scratch("s5");
+    // SLP_TYP 5 | SLP_EN to the hardware-reduced sleep control register.
+    let src = ".code64\n.globl _start\n_start:\n    mov $0x34, %al\n    mov $0x600, %dx\n    out %al, %dx\n1:  hlt\n    jmp 1b\n";
+    let out = boot(&assemble(&dir, "s5", src), &[]);
+    assert_eq!(out.code, Some(0), "stderr: {}", out.stderr);
+    assert!(out.stderr.is_empty(), "{}", out.stderr);
+}
+
+#[test]
+fn pvpanic_is_a_distinct_nonzero_exit() {
+    let dir = scratch("pvpanic");
+    let src = ".code64\n.globl _start\n_start:\n    mov $1, %al\n    mov $0x505, %dx\n    out %al, %dx\n1:  hlt\n    jmp 1b\n";
+    let out = boot(&assemble(&dir, "panic", src), &[]);
+    assert_eq!(out.code, Some(3), "stderr: {}", out.stderr);
+    assert_eq!(
+        out.stderr.trim(),
+        "kiln: the guest kernel panicked (reported via pvpanic)"
+    );
+}
+
+/// Prints the 8-byte signature at boot_params.acpi_rsdp_addr, or "none".
+fn rsdp_guest_source() -> String {
+    format!(
+        r#"
+    .code64
+    .globl _start
+_start:
+    mov 0x70(%rsi), %rbx       # acpi_rsdp_addr
+    test %rbx, %rbx
+    jz none
+    mov $8, %ecx
+    mov $0x3f8, %dx
+1:  mov (%rbx), %al
+    out %al, %dx
+    inc %rbx
+    dec %ecx
+    jnz 1b
+    jmp done
+none:
+    lea nomsg(%rip), %rsi
+    call puts
+done:
+{RESET}{PUTS}nomsg: .asciz "none"
+"#
+    )
+}
+
+#[test]
+fn acpi_rsdp_is_passed_unless_no_acpi() {
+    let dir = scratch("rsdp");
+    let guest = assemble(&dir, "rsdp", &rsdp_guest_source());
+    let out = boot(&guest, &["--cpus", "2"]);
+    assert_eq!(
+        (out.code, out.stdout.as_str()),
+        (Some(0), "RSD PTR "),
+        "{}",
+        out.stderr
+    );
+    let out = boot(&guest, &["--no-acpi"]);
+    assert_eq!(
+        (out.code, out.stdout.as_str()),
+        (Some(0), "none"),
+        "{}",
+        out.stderr
+    );
 }

@@ -42,18 +42,11 @@ impl Bus {
     }
 
     /// Adds `device` at `[base, base + len)`.
-    pub fn insert(
-        &mut self,
-        base: u64,
-        len: u64,
-        device: Arc<Mutex<dyn BusDevice>>,
-    ) -> Result<(), BusError> {
+    pub fn insert(&mut self, base: u64, len: u64, device: Arc<Mutex<dyn BusDevice>>) -> Result<(), BusError> {
         if len == 0 {
             return Err(BusError::Empty { base });
         }
-        let end = base
-            .checked_add(len)
-            .ok_or(BusError::Overlap { base, len })?;
+        let end = base.checked_add(len).ok_or(BusError::Overlap { base, len })?;
         let pos = self.entries.partition_point(|e| e.base < base);
         let clashes_prev = pos > 0 && {
             let p = &self.entries[pos - 1];
@@ -104,9 +97,7 @@ impl Bus {
 /// Locks a device even if another thread panicked while holding it: device
 /// state stays usable for an orderly shutdown.
 fn lock(device: &Mutex<dyn BusDevice>) -> std::sync::MutexGuard<'_, dyn BusDevice + 'static> {
-    device
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+    device.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]

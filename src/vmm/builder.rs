@@ -74,12 +74,13 @@ impl BuildError {
     pub fn is_usage(&self) -> bool {
         matches!(
             self,
-            BuildError::Config(_)
-                | BuildError::TooManyCpus { .. }
-                | BuildError::MemoryOverHost { .. }
+            BuildError::Config(_) | BuildError::TooManyCpus { .. } | BuildError::MemoryOverHost { .. }
         )
     }
 }
+
+/// A device shared between the bus and whoever else drives it.
+type SharedDevice = Arc<Mutex<dyn BusDevice>>;
 
 fn kvm_op(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> BuildError {
     move |source| BuildError::KvmOp { what, source }
@@ -166,10 +167,9 @@ fn legacy_devices(
     pio.insert(u64::from(layout::COM1_PORT), 8, serial.clone())?;
     if let Some(input) = input {
         let sub = SerialInput::new(serial, input, drained);
-        event_loop
-            .add_subscriber(Arc::new(Mutex::new(sub)) as Arc<Mutex<dyn MutEventSubscriber + Send>>);
+        event_loop.add_subscriber(Arc::new(Mutex::new(sub)) as Arc<Mutex<dyn MutEventSubscriber + Send>>);
     }
-    let devices: [(u16, u64, Arc<Mutex<dyn BusDevice>>); 3] = [
+    let devices: [(u16, u64, SharedDevice); 3] = [
         (
             layout::I8042_PORT,
             I8042Device::WINDOW_LEN,
@@ -192,42 +192,47 @@ fn legacy_devices(
     Ok(pio)
 }
 
-/// Creates and configures every vCPU; the first gets the boot registers.
-fn create_vcpus(
-    kvm: &Kvm,
-    vm: &VmFd,
-    mem: &GuestMemoryMmap,
-    config: &VmConfig,
-    entry: (regs::BootMode, u64, u64),
-    buses: (Arc<Bus>, Arc<Bus>),
-    exit: &ExitNotifier,
+/// What every vCPU shares, and where the boot vCPU starts.
+struct VcpuSetup<'a> {
+    kvm: &'a Kvm,
+    vm: &'a VmFd,
+    mem: &'a GuestMemoryMmap,
+    cpus: u8,
+    boot: (regs::BootMode, u64, u64),
+    pio_bus: Arc<Bus>,
+    mmio_bus: Arc<Bus>,
+    exit: &'a ExitNotifier,
     host: HostKind,
-) -> Result<Vec<Vcpu>, BuildError> {
-    let supported = kvm
+}
+
+/// Creates and configures every vCPU; the first gets the boot registers.
+fn create_vcpus(s: VcpuSetup) -> Result<Vec<Vcpu>, BuildError> {
+    let supported = s
+        .kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(kvm_op("report supported CPUID"))?;
-    let mut vcpus = Vec::with_capacity(usize::from(config.cpus));
-    for index in 0..config.cpus {
-        let fd = vm
-            .create_vcpu(u64::from(index))
-            .map_err(kvm_op("create a vCPU"))?;
-        fd.set_cpuid2(&cpuid::vcpu_cpuid(&supported, index, config.cpus))
+    let mut vcpus = Vec::with_capacity(usize::from(s.cpus));
+    for index in 0..s.cpus {
+        let fd =
+            s.vm.create_vcpu(u64::from(index))
+                .map_err(kvm_op("create a vCPU"))?;
+        fd.set_cpuid2(&cpuid::vcpu_cpuid(&supported, index, s.cpus))
             .map_err(kvm_op("set CPUID"))?;
         regs::setup_msrs(&fd)?;
         regs::setup_fpu(&fd)?;
         regs::setup_lint(&fd)?;
         if index == 0 {
-            let (mode, rip, boot_info) = entry;
-            regs::setup_boot_vcpu(&fd, mem, mode, rip, boot_info)?;
+            let (mode, rip, boot_info) = s.boot;
+            regs::setup_boot_vcpu(&fd, s.mem, mode, rip, boot_info)?;
         }
         vcpus.push(Vcpu {
             index,
             fd,
-            pio_bus: buses.0.clone(),
-            mmio_bus: buses.1.clone(),
-            exit: exit.clone(),
+            pio_bus: s.pio_bus.clone(),
+            mmio_bus: s.mmio_bus.clone(),
+            exit: s.exit.clone(),
             stop: Arc::new(AtomicBool::new(false)),
-            host,
+            host: s.host,
         });
     }
     Ok(vcpus)
@@ -284,7 +289,11 @@ pub fn build(
         })
     })?;
 
-    mptable::setup_mptable(&memory, config.cpus)?;
+    // The MP table is the only description without ACPI; with ACPI it is
+    // a fallback for kernels built without it, written when it fits.
+    if !config.acpi || config.cpus <= mptable::MAX_CPUS {
+        mptable::setup_mptable(&memory, config.cpus)?;
+    }
     let rsdp = if config.acpi {
         let acpi_config = acpi::AcpiConfig {
             num_cpus: config.cpus,
@@ -303,16 +312,17 @@ pub fn build(
     };
     let boot_info = boot::write_boot_info(&memory, &kernel, &info)?;
 
-    let vcpus = create_vcpus(
-        &kvm,
-        &vm,
-        &memory,
-        config,
-        (kernel.mode, kernel.entry, boot_info),
-        (Arc::new(pio_bus), Arc::new(mmio_bus)),
+    let vcpus = create_vcpus(VcpuSetup {
+        kvm: &kvm,
+        vm: &vm,
+        mem: &memory,
+        cpus: config.cpus,
+        boot: (kernel.mode, kernel.entry, boot_info),
+        pio_bus: Arc::new(pio_bus),
+        mmio_bus: Arc::new(mmio_bus),
         exit,
         host,
-    )?;
+    })?;
     Ok(BuiltVm {
         vcpus,
         vm_fd: vm,

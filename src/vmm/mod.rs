@@ -80,8 +80,7 @@ pub fn run_vm(config: &VmConfig, io: ConsoleIo) -> Result<ExitReason, VmmError> 
     let exit = watcher.notifier();
     let mut event_loop: EventLoop = EventManager::new().map_err(VmmError::EventLoop)?;
     let vm = builder::build(config, output, input, &exit, &mut event_loop)?;
-    event_loop
-        .add_subscriber(Arc::new(Mutex::new(watcher)) as Arc<Mutex<dyn MutEventSubscriber + Send>>);
+    event_loop.add_subscriber(Arc::new(Mutex::new(watcher)) as Arc<Mutex<dyn MutEventSubscriber + Send>>);
 
     vcpu::install_kick_handler().map_err(BuildError::Setup)?;
     let stop = Arc::new(AtomicBool::new(false));

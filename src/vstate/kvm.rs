@@ -107,10 +107,7 @@ mod tests {
 
     #[test]
     fn detects_host_kinds() {
-        assert_eq!(
-            HostKind::detect_at(&fake_sys(&["kvm", "kvm_pvm"])),
-            HostKind::Pvm
-        );
+        assert_eq!(HostKind::detect_at(&fake_sys(&["kvm", "kvm_pvm"])), HostKind::Pvm);
         assert_eq!(
             HostKind::detect_at(&fake_sys(&["kvm", "kvm_amd"])),
             HostKind::Hardware

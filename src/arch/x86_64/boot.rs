@@ -11,9 +11,7 @@ use linux_loader::configurator::pvh::PvhBootConfigurator;
 use linux_loader::configurator::{BootConfigurator, BootParams};
 use linux_loader::elf::{Elf64_Ehdr, Elf64_Phdr, PT_NOTE};
 use linux_loader::loader::bootparam::{boot_e820_entry, boot_params, setup_header};
-use linux_loader::loader::elf::start_info::{
-    hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info,
-};
+use linux_loader::loader::elf::start_info::{hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info};
 use linux_loader::loader::{BzImage, Elf, KernelLoader, PvhBootCapability};
 use vm_memory::{Address, ByteValued, Bytes, GuestAddress, GuestMemoryBackend};
 
@@ -22,6 +20,7 @@ use super::regs::BootMode;
 use crate::vstate::memory::GuestMemoryMmap;
 
 const E820_RAM: u32 = 1;
+const E820_RESERVED: u32 = 2;
 const ELF_MAGIC: &[u8; 4] = b"\x7fELF";
 /// "HdrS" at offset 0x202 marks a bzImage.
 const BZIMAGE_MAGIC: u32 = 0x5372_6448;
@@ -47,7 +46,9 @@ pub enum BootError {
     },
     #[error("{0}: not a kernel kiln can boot (expected an ELF vmlinux or a bzImage)")]
     UnknownFormat(String),
-    #[error("cannot load kernel {path}: {source}; the file may be truncated or corrupt, or --memory too small")]
+    #[error(
+        "cannot load kernel {path}: {source}; the file may be truncated or corrupt, or --memory too small"
+    )]
     Load {
         path: String,
         source: linux_loader::loader::Error,
@@ -57,10 +58,7 @@ pub enum BootError {
     #[error("initrd {path} ({size_mib} MiB) does not fit in guest memory beside the kernel; raise --memory")]
     InitrdTooBig { path: String, size_mib: u64 },
     #[error("cannot read initrd {path}: {source}")]
-    InitrdRead {
-        path: String,
-        source: std::io::Error,
-    },
+    InitrdRead { path: String, source: std::io::Error },
     #[error("cannot write the boot parameters: {0}")]
     Configure(#[from] linux_loader::configurator::Error),
 }
@@ -83,9 +81,7 @@ impl LoadedKernel {
     pub fn cmdline_limit(&self) -> usize {
         match &self.setup_header {
             // Protocol 2.06+ states it; older kernels take 255 characters.
-            Some(h) if h.version >= 0x0206 => {
-                (h.cmdline_size as usize + 1).min(layout::CMDLINE_MAX_SIZE)
-            }
+            Some(h) if h.version >= 0x0206 => (h.cmdline_size as usize + 1).min(layout::CMDLINE_MAX_SIZE),
             Some(_) => 256,
             None => layout::CMDLINE_MAX_SIZE,
         }
@@ -93,9 +89,7 @@ impl LoadedKernel {
 
     fn initrd_addr_max(&self) -> u64 {
         match &self.setup_header {
-            Some(h) if h.version >= 0x0203 && h.initrd_addr_max != 0 => {
-                u64::from(h.initrd_addr_max)
-            }
+            Some(h) if h.version >= 0x0203 && h.initrd_addr_max != 0 => u64::from(h.initrd_addr_max),
             _ => DEFAULT_INITRD_ADDR_MAX,
         }
     }
@@ -125,13 +119,7 @@ pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel, B
     let mut magic = [0u8; 4];
     let is_elf = file.read_exact(&mut magic).is_ok() && &magic == ELF_MAGIC;
     if is_elf {
-        let r = Elf::load(
-            mem,
-            None,
-            &mut file,
-            Some(GuestAddress(layout::HIMEM_START)),
-        )
-        .map_err(load_err)?;
+        let r = Elf::load(mem, None, &mut file, Some(GuestAddress(layout::HIMEM_START))).map_err(load_err)?;
         let owners = elf_note_owners(&mut file).unwrap_or_default();
         let (entry, mode) = match r.pvh_boot_cap {
             PvhBootCapability::PvhEntryPresent(addr) => (addr.raw_value(), BootMode::Pvh),
@@ -148,13 +136,7 @@ pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel, B
     if read_u32_at(&mut file, BZIMAGE_MAGIC_OFFSET) != Some(BZIMAGE_MAGIC) {
         return Err(BootError::UnknownFormat(display()));
     }
-    let r = BzImage::load(
-        mem,
-        None,
-        &mut file,
-        Some(GuestAddress(layout::HIMEM_START)),
-    )
-    .map_err(load_err)?;
+    let r = BzImage::load(mem, None, &mut file, Some(GuestAddress(layout::HIMEM_START))).map_err(load_err)?;
     let hdr = r.setup_header.unwrap_or_default();
     // The kernel decompresses to its preferred address (or in place, if
     // higher) and needs init_size bytes there.
@@ -191,9 +173,7 @@ fn elf_note_owners(file: &mut File) -> std::io::Result<Vec<String>> {
     let mut owners = Vec::new();
     for i in 0..u64::from(ehdr.e_phnum) {
         let mut phdr = Elf64_Phdr::default();
-        file.seek(SeekFrom::Start(
-            ehdr.e_phoff + i * u64::from(ehdr.e_phentsize),
-        ))?;
+        file.seek(SeekFrom::Start(ehdr.e_phoff + i * u64::from(ehdr.e_phentsize)))?;
         file.read_exact(phdr.as_mut_slice())?;
         if phdr.p_type != PT_NOTE || phdr.p_filesz > MAX_NOTES_BYTES {
             continue;
@@ -218,11 +198,7 @@ fn parse_note_owners(mut notes: &[u8]) -> Vec<String> {
         let Some(name) = notes.get(12..name_end) else {
             break;
         };
-        owners.push(
-            String::from_utf8_lossy(name)
-                .trim_end_matches('\0')
-                .to_string(),
-        );
+        owners.push(String::from_utf8_lossy(name).trim_end_matches('\0').to_string());
         let next = name_end
             .checked_next_multiple_of(4)
             .and_then(|n| n.checked_add(descsz))
@@ -263,30 +239,39 @@ pub fn load_initrd(
         source,
     };
     let size = file.metadata().map_err(read_err)?.len();
-    let addr = initrd_address(
-        size,
-        kernel.end,
-        low_memory_end(mem),
-        kernel.initrd_addr_max(),
-    )
-    .ok_or(BootError::InitrdTooBig {
-        path: display.clone(),
-        size_mib: size >> 20,
-    })?;
+    let addr = initrd_address(size, kernel.end, low_memory_end(mem), kernel.initrd_addr_max()).ok_or(
+        BootError::InitrdTooBig {
+            path: display.clone(),
+            size_mib: size >> 20,
+        },
+    )?;
     mem.read_exact_volatile_from(GuestAddress(addr), &mut file, size as usize)
         .map_err(|e| read_err(std::io::Error::other(e.to_string())))?;
     Ok(InitrdRegion { addr, size })
 }
 
-/// The RAM map the guest sees: conventional memory below the EBDA, then
-/// everything from 1 MiB, split around the 32-bit MMIO gap.
-pub fn e820_map(mem_size: u64) -> Vec<(u64, u64)> {
-    let mut map = vec![(0, layout::EBDA_START)];
+/// The memory map the guest sees: conventional memory below the EBDA, the
+/// EBDA (MP table) and BIOS area (ACPI tables) reserved, then RAM from
+/// 1 MiB, split around the 32-bit MMIO gap. Entries are (addr, size, type).
+pub fn e820_map(mem_size: u64) -> Vec<(u64, u64, u32)> {
+    let mut map = vec![
+        (0, layout::EBDA_START, E820_RAM),
+        (
+            layout::EBDA_START,
+            layout::EBDA_END - layout::EBDA_START,
+            E820_RESERVED,
+        ),
+        (
+            layout::ACPI_START,
+            layout::ACPI_END - layout::ACPI_START,
+            E820_RESERVED,
+        ),
+    ];
     for (start, len) in layout::ram_regions(mem_size) {
         let start_above_1m = start.max(layout::HIMEM_START);
         let end = start + len;
         if end > start_above_1m {
-            map.push((start_above_1m, end - start_above_1m));
+            map.push((start_above_1m, end - start_above_1m, E820_RAM));
         }
     }
     map
@@ -326,11 +311,11 @@ pub fn write_zero_page(
     }
     params.acpi_rsdp_addr = info.rsdp.unwrap_or(0);
     let map = e820_map(info.mem_size);
-    for (slot, (addr, size)) in params.e820_table.iter_mut().zip(&map) {
+    for (slot, (addr, size, kind)) in params.e820_table.iter_mut().zip(&map) {
         *slot = boot_e820_entry {
             addr: *addr,
             size: *size,
-            r#type: E820_RAM,
+            r#type: *kind,
         };
     }
     params.e820_entries = map.len() as u8;
@@ -345,10 +330,10 @@ pub fn write_zero_page(
 pub fn write_pvh_start_info(mem: &GuestMemoryMmap, info: &BootInfo) -> Result<(), BootError> {
     let map: Vec<hvm_memmap_table_entry> = e820_map(info.mem_size)
         .into_iter()
-        .map(|(addr, size)| hvm_memmap_table_entry {
+        .map(|(addr, size, type_)| hvm_memmap_table_entry {
             addr,
             size,
-            type_: E820_RAM,
+            type_,
             reserved: 0,
         })
         .collect();
@@ -403,53 +388,46 @@ mod tests {
 
     #[test]
     fn e820_for_several_sizes() {
+        let ram = |mib: u64| -> Vec<(u64, u64)> {
+            e820_map(mib << 20)
+                .into_iter()
+                .filter(|e| e.2 == E820_RAM)
+                .map(|e| (e.0, e.1))
+                .collect()
+        };
+        let below_1m = (0, layout::EBDA_START);
         assert_eq!(
-            e820_map(64 << 20),
-            vec![
-                (0, layout::EBDA_START),
-                (layout::HIMEM_START, (64 << 20) - layout::HIMEM_START)
-            ]
+            ram(64),
+            vec![below_1m, (layout::HIMEM_START, (64 << 20) - layout::HIMEM_START)]
         );
         assert_eq!(
-            e820_map(3 << 30),
-            vec![
-                (0, layout::EBDA_START),
-                (layout::HIMEM_START, (3 << 30) - layout::HIMEM_START)
-            ]
+            ram(3072),
+            vec![below_1m, (layout::HIMEM_START, (3 << 30) - layout::HIMEM_START)]
         );
         assert_eq!(
-            e820_map(8 << 30),
+            ram(8192),
             vec![
-                (0, layout::EBDA_START),
-                (
-                    layout::HIMEM_START,
-                    layout::MMIO_GAP_START - layout::HIMEM_START
-                ),
+                below_1m,
+                (layout::HIMEM_START, layout::MMIO_GAP_START - layout::HIMEM_START),
                 (layout::MMIO_GAP_END, (8 << 30) - layout::MMIO_GAP_START),
             ]
         );
-        // The map always describes exactly the RAM there is, less the
-        // BIOS hole between the EBDA and 1 MiB.
+        // RAM entries describe exactly the RAM there is, less the BIOS hole
+        // between the EBDA and 1 MiB; reserved ones cover the MP and ACPI tables.
         for mib in [2u64, 64, 128, 3072, 3073, 4096, 16384] {
-            let total: u64 = e820_map(mib << 20).iter().map(|e| e.1).sum();
-            assert_eq!(
-                total,
-                (mib << 20) - (layout::HIMEM_START - layout::EBDA_START)
-            );
+            let total: u64 = ram(mib).iter().map(|e| e.1).sum();
+            assert_eq!(total, (mib << 20) - (layout::HIMEM_START - layout::EBDA_START));
+            let map = e820_map(mib << 20);
+            assert!(map.contains(&(layout::ACPI_START, 0x20000, E820_RESERVED)));
+            assert!(map.contains(&(layout::EBDA_START, 0x400, E820_RESERVED)));
         }
     }
 
     #[test]
     fn initrd_goes_high_and_clear_of_the_kernel() {
         let end = 64 << 20;
-        assert_eq!(
-            initrd_address(4096, 0x200_0000, end, u64::MAX),
-            Some(end - 4096)
-        );
-        assert_eq!(
-            initrd_address(4097, 0x200_0000, end, u64::MAX),
-            Some(end - 8192)
-        );
+        assert_eq!(initrd_address(4096, 0x200_0000, end, u64::MAX), Some(end - 4096));
+        assert_eq!(initrd_address(4097, 0x200_0000, end, u64::MAX), Some(end - 8192));
         assert_eq!(
             initrd_address(1 << 20, 0, 1 << 30, 0x37ff_ffff),
             Some(0x3800_0000 - (1 << 20))
@@ -488,8 +466,8 @@ mod tests {
         assert_eq!({ p.hdr.ramdisk_size }, 1234);
         assert_eq!({ p.hdr.boot_flag }, KERNEL_BOOT_FLAG_MAGIC);
         assert_eq!({ p.acpi_rsdp_addr }, layout::ACPI_START);
-        assert_eq!(p.e820_entries, 2);
-        assert_eq!({ p.e820_table[1].addr }, layout::HIMEM_START);
+        assert_eq!(p.e820_entries, 4);
+        assert_eq!({ p.e820_table[3].addr }, layout::HIMEM_START);
     }
 
     #[test]
@@ -517,11 +495,11 @@ mod tests {
             layout::PVH_INFO_START
         );
         let s: hvm_start_info = m.read_obj(GuestAddress(layout::PVH_INFO_START)).unwrap();
-        assert_eq!((s.magic, s.memmap_entries, s.nr_modules), (PVH_MAGIC, 2, 1));
+        assert_eq!((s.magic, s.memmap_entries, s.nr_modules), (PVH_MAGIC, 4, 1));
         let module: hvm_modlist_entry = m.read_obj(GuestAddress(s.modlist_paddr)).unwrap();
         assert_eq!((module.paddr, module.size), (0x300_0000, 99));
         let e: hvm_memmap_table_entry = m
-            .read_obj(GuestAddress(layout::PVH_MEMMAP_START + 24))
+            .read_obj(GuestAddress(layout::PVH_MEMMAP_START + 3 * 24))
             .unwrap();
         assert_eq!(e.addr, layout::HIMEM_START);
     }
@@ -551,22 +529,13 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("kiln-boot-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let missing = load_kernel(&m, &dir.join("nope")).unwrap_err();
-        assert!(
-            missing.to_string().contains("cannot open kernel"),
-            "{missing}"
-        );
+        assert!(missing.to_string().contains("cannot open kernel"), "{missing}");
         let junk = dir.join("junk");
         std::fs::write(&junk, vec![0u8; 4096]).unwrap();
-        assert!(matches!(
-            load_kernel(&m, &junk),
-            Err(BootError::UnknownFormat(_))
-        ));
+        assert!(matches!(load_kernel(&m, &junk), Err(BootError::UnknownFormat(_))));
         let trunc = dir.join("trunc");
         std::fs::write(&trunc, b"\x7fELF\x02\x01\x01").unwrap();
-        assert!(matches!(
-            load_kernel(&m, &trunc),
-            Err(BootError::Load { .. })
-        ));
+        assert!(matches!(load_kernel(&m, &trunc), Err(BootError::Load { .. })));
         let mut bz = vec![0u8; 0x300];
         bz[0x202..0x206].copy_from_slice(&BZIMAGE_MAGIC.to_le_bytes());
         let bzp = dir.join("bz");

@@ -182,10 +182,7 @@ mod tests {
         let smt = find(&c, LEAF_TOPOLOGY, 0);
         let core = find(&c, LEAF_TOPOLOGY, 1);
         assert_eq!((smt.eax, smt.ebx, smt.ecx >> 8), (0, 1, TOPOLOGY_LEVEL_SMT));
-        assert_eq!(
-            (core.eax, core.ebx, core.ecx >> 8),
-            (2, 3, TOPOLOGY_LEVEL_CORE)
-        );
+        assert_eq!((core.eax, core.ebx, core.ecx >> 8), (2, 3, TOPOLOGY_LEVEL_CORE));
         assert_eq!(find(&c, LEAF_AMD_SIZES, 0).ecx & 0xff, 2);
     }
 

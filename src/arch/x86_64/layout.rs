@@ -64,15 +64,23 @@ pub const IOAPIC_PINS: u32 = 24;
 /// How many virtio-mmio devices one VM can have.
 pub const MAX_VIRTIO_DEVICES: u32 = IOAPIC_PINS - VIRTIO_IRQ_BASE;
 
+// The fixed areas must not overlap; checked when compiling.
+const _: () = {
+    assert!(BOOT_IDT_START + 8 <= PVH_INFO_START);
+    assert!(PVH_MEMMAP_START + 8 * 24 <= PVH_MODLIST_START);
+    assert!(PVH_MODLIST_START + 32 <= ZERO_PAGE_START);
+    assert!(ZERO_PAGE_START + 4096 <= PML4_START);
+    assert!(PDE_START + BOOT_IDENTITY_MAP_GIB * 4096 <= CMDLINE_START);
+    assert!(CMDLINE_START + CMDLINE_MAX_SIZE as u64 <= EBDA_START);
+    assert!(VIRTIO_MMIO_START + MAX_VIRTIO_DEVICES as u64 * VIRTIO_MMIO_SIZE <= IOAPIC_START);
+};
+
 /// Guest RAM regions for `mem_size` bytes, split around the MMIO gap.
 pub fn ram_regions(mem_size: u64) -> Vec<(u64, u64)> {
     if mem_size <= MMIO_GAP_START {
         vec![(0, mem_size)]
     } else {
-        vec![
-            (0, MMIO_GAP_START),
-            (MMIO_GAP_END, mem_size - MMIO_GAP_START),
-        ]
+        vec![(0, MMIO_GAP_START), (MMIO_GAP_END, mem_size - MMIO_GAP_START)]
     }
 }
 
@@ -94,16 +102,5 @@ mod tests {
     fn large_memory_skips_the_mmio_gap() {
         let r = ram_regions(4 << 30);
         assert_eq!(r, vec![(0, MMIO_GAP_START), (MMIO_GAP_END, 1 << 30)]);
-    }
-
-    #[test]
-    fn fixed_areas_do_not_overlap() {
-        assert!(BOOT_IDT_START + 8 <= PVH_INFO_START);
-        assert!(PVH_MEMMAP_START + 8 * 24 <= PVH_MODLIST_START);
-        assert!(PVH_MODLIST_START + 32 <= ZERO_PAGE_START);
-        assert!(ZERO_PAGE_START + 4096 <= PML4_START);
-        assert!(PDE_START + BOOT_IDENTITY_MAP_GIB * 4096 <= CMDLINE_START);
-        assert!(CMDLINE_START + CMDLINE_MAX_SIZE as u64 <= EBDA_START);
-        assert!(virtio_mmio_base(MAX_VIRTIO_DEVICES) <= IOAPIC_START);
     }
 }

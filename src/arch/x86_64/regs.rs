@@ -56,7 +56,7 @@ pub const fn gdt_entry(flags: u16, base: u32, limit: u32) -> u64 {
 
 /// Decodes a GDT entry into the segment KVM wants; `index` is its slot.
 pub fn segment_from_gdt(entry: u64, index: u8) -> kvm_segment {
-    let base = (((entry >> 16) & 0x00ff_ffff) | ((entry >> 32) & 0xff00_0000)) as u64;
+    let base = ((entry >> 16) & 0x00ff_ffff) | ((entry >> 32) & 0xff00_0000);
     let mut limit = ((entry & 0xffff) | ((entry >> 32) & 0x000f_0000)) as u32;
     let g = ((entry >> 55) & 1) as u8;
     if g == 1 {
@@ -106,14 +106,9 @@ pub fn setup_page_tables(mem: &GuestMemoryMmap) -> Result<(), RegsError> {
     )?;
     for gib in 0..layout::BOOT_IDENTITY_MAP_GIB {
         let pd = layout::PDE_START + gib * 0x1000;
-        mem.write_obj(
-            pd | PTE_PRESENT_RW,
-            GuestAddress(layout::PDPTE_START + gib * 8),
-        )?;
+        mem.write_obj(pd | PTE_PRESENT_RW, GuestAddress(layout::PDPTE_START + gib * 8))?;
         let entries: Vec<u8> = (0..512u64)
-            .flat_map(|i| {
-                (((gib << 30) + (i << 21)) | PTE_PRESENT_RW | PDE_HUGE_PAGE).to_le_bytes()
-            })
+            .flat_map(|i| (((gib << 30) + (i << 21)) | PTE_PRESENT_RW | PDE_HUGE_PAGE).to_le_bytes())
             .collect();
         mem.write_slice(&entries, GuestAddress(pd))?;
     }
@@ -191,12 +186,9 @@ pub fn setup_boot_vcpu(
     entry: u64,
     boot_info: u64,
 ) -> Result<(), RegsError> {
-    let sregs = vcpu
-        .get_sregs()
-        .map_err(kvm_err("read of special registers"))?;
+    let sregs = vcpu.get_sregs().map_err(kvm_err("read of special registers"))?;
     let sregs = setup_sregs(mem, mode, sregs)?;
-    vcpu.set_sregs(&sregs)
-        .map_err(kvm_err("special registers"))?;
+    vcpu.set_sregs(&sregs).map_err(kvm_err("special registers"))?;
     vcpu.set_regs(&boot_regs(mode, entry, boot_info))
         .map_err(kvm_err("general registers"))
 }
@@ -278,9 +270,7 @@ fn set_delivery_mode(reg: u32, mode: u32) -> u32 {
 /// Wires LINT0 to the PIC (ExtINT) and LINT1 to NMI, as firmware would, so
 /// the legacy timer reaches the BSP before the kernel programs the IOAPIC.
 pub fn setup_lint(vcpu: &VcpuFd) -> Result<(), RegsError> {
-    let mut lapic = vcpu
-        .get_lapic()
-        .map_err(kvm_err("read of the local APIC"))?;
+    let mut lapic = vcpu.get_lapic().map_err(kvm_err("read of the local APIC"))?;
     for (offset, mode) in [(APIC_LVT0, APIC_MODE_EXTINT), (APIC_LVT1, APIC_MODE_NMI)] {
         let bytes: [u8; 4] = std::array::from_fn(|i| lapic.regs[offset + i] as u8);
         let value = set_delivery_mode(u32::from_le_bytes(bytes), mode);
@@ -310,19 +300,13 @@ mod tests {
         );
         assert_eq!(s.limit, 0xffff_ffff);
         let data = segment_from_gdt(gdt_entry(0xc093, 0, 0xfffff), 3);
-        assert_eq!(
-            (data.selector, data.db, data.l, data.type_),
-            (0x18, 1, 0, 3)
-        );
+        assert_eq!((data.selector, data.db, data.l, data.type_), (0x18, 1, 0, 3));
         let tss = segment_from_gdt(gdt_entry(0x808b, 0, 0xfffff), 4);
         assert_eq!((tss.s, tss.type_, tss.unusable), (0, 0xb, 0));
         let null = segment_from_gdt(0, 0);
         assert_eq!(null.unusable, 1);
         let based = segment_from_gdt(gdt_entry(0x93, 0x1234_5678, 0xabcde), 1);
-        assert_eq!(
-            (based.base, based.limit, based.g),
-            (0x1234_5678, 0xabcde, 0)
-        );
+        assert_eq!((based.base, based.limit, based.g), (0x1234_5678, 0xabcde, 0));
     }
 
     #[test]
@@ -339,9 +323,7 @@ mod tests {
         let pml4: u64 = m.read_obj(GuestAddress(layout::PML4_START)).unwrap();
         assert_eq!(pml4, layout::PDPTE_START | 3);
         for gib in 0..4u64 {
-            let pdpte: u64 = m
-                .read_obj(GuestAddress(layout::PDPTE_START + gib * 8))
-                .unwrap();
+            let pdpte: u64 = m.read_obj(GuestAddress(layout::PDPTE_START + gib * 8)).unwrap();
             assert_eq!(pdpte, (layout::PDE_START + gib * 0x1000) | 3);
         }
         let first: u64 = m.read_obj(GuestAddress(layout::PDE_START)).unwrap();
@@ -360,14 +342,9 @@ mod tests {
         assert_ne!(s.cr0 & X86_CR0_PG, 0);
         assert_ne!(s.cr4 & X86_CR4_PAE, 0);
         assert_eq!(s.efer & (EFER_LME | EFER_LMA), EFER_LME | EFER_LMA);
-        assert_eq!(
-            (s.cs.selector, s.ds.selector, s.ss.selector),
-            (0x10, 0x18, 0x18)
-        );
+        assert_eq!((s.cs.selector, s.ds.selector, s.ss.selector), (0x10, 0x18, 0x18));
         assert_eq!(s.gdt.base, layout::BOOT_GDT_START);
-        let written: u64 = m
-            .read_obj(GuestAddress(layout::BOOT_GDT_START + 16))
-            .unwrap();
+        let written: u64 = m.read_obj(GuestAddress(layout::BOOT_GDT_START + 16)).unwrap();
         assert_eq!(written, boot_gdt(BootMode::Linux64)[2]);
     }
 
@@ -382,10 +359,7 @@ mod tests {
     #[test]
     fn entry_registers() {
         let r = boot_regs(BootMode::Linux64, 0x100_0000, layout::ZERO_PAGE_START);
-        assert_eq!(
-            (r.rip, r.rsi, r.rflags),
-            (0x100_0000, layout::ZERO_PAGE_START, 2)
-        );
+        assert_eq!((r.rip, r.rsi, r.rflags), (0x100_0000, layout::ZERO_PAGE_START, 2));
         let r = boot_regs(BootMode::Pvh, 0x100_0000, layout::PVH_INFO_START);
         assert_eq!((r.rbx, r.rsi), (layout::PVH_INFO_START, 0));
     }

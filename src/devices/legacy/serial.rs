@@ -50,8 +50,7 @@ impl SerialDevice {
     /// Returns the device and the fd that fires when input room frees up.
     pub fn new(irq: EventFd, out: Box<dyn Write + Send>) -> io::Result<(Self, EventFd)> {
         let drained = EventFd::new(EFD_NONBLOCK)?;
-        let uart =
-            Serial::with_events(EventFdTrigger(irq), InputDrained(drained.try_clone()?), out);
+        let uart = Serial::with_events(EventFdTrigger(irq), InputDrained(drained.try_clone()?), out);
         Ok((Self { uart }, drained))
     }
 
@@ -101,11 +100,7 @@ pub struct SerialInput {
 }
 
 impl SerialInput {
-    pub fn new(
-        serial: Arc<Mutex<SerialDevice>>,
-        input: Box<dyn ConsoleInput>,
-        drained: EventFd,
-    ) -> Self {
+    pub fn new(serial: Arc<Mutex<SerialDevice>>, input: Box<dyn ConsoleInput>, drained: EventFd) -> Self {
         Self {
             serial,
             input,
@@ -133,9 +128,7 @@ impl SerialInput {
             // End of input: stop watching, or epoll would report it forever.
             Ok(0) => self.input_open = false,
             Ok(n) => self.pending.extend(&buf[..n]),
-            Err(e)
-                if e.kind() == io::ErrorKind::Interrupted
-                    || e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted || e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) => {
                 log::warn!("serial: stopped reading host input: {e}");
                 self.input_open = false;
@@ -213,8 +206,7 @@ mod tests {
     fn device() -> (SerialDevice, EventFd, EventFd, SharedBuf) {
         let irq = EventFd::new(EFD_NONBLOCK).unwrap();
         let out = SharedBuf::default();
-        let (dev, drained) =
-            SerialDevice::new(irq.try_clone().unwrap(), Box::new(out.clone())).unwrap();
+        let (dev, drained) = SerialDevice::new(irq.try_clone().unwrap(), Box::new(out.clone())).unwrap();
         (dev, irq, drained, out)
     }
 

@@ -1,0 +1,164 @@
+//! Bad input gives one clear line on stderr and a non-zero status (2 for
+//! usage errors), never a panic or a backtrace.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{assemble, run_kiln, scratch};
+
+const TIMEOUT: Duration = Duration::from_secs(20);
+
+fn hello(dir: &std::path::Path) -> std::path::PathBuf {
+    assemble(
+        dir,
+        "hello",
+        ".code64\n.globl _start\n_start:\n    mov $0xfe, %al\n    out %al, $0x64\n    hlt\n",
+    )
+}
+
+/// Runs kiln and checks for exactly one stderr line containing `needle`.
+fn expect_error(args: &[&str], code: i32, needle: &str) {
+    let out = run_kiln(args, TIMEOUT);
+    assert_eq!(out.code, Some(code), "args {args:?}: stderr {}", out.stderr);
+    let lines: Vec<&str> = out.stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(
+        lines.iter().any(|l| l.contains(needle)),
+        "args {args:?}: want {needle:?} in {}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains("panicked"), "panic: {}", out.stderr);
+    assert!(
+        !out.stderr.contains("RUST_BACKTRACE"),
+        "backtrace hint: {}",
+        out.stderr
+    );
+}
+
+fn one_line(args: &[&str], code: i32, needle: &str) {
+    expect_error(args, code, needle);
+    let out = run_kiln(args, TIMEOUT);
+    assert_eq!(out.stderr.lines().count(), 1, "want one line: {}", out.stderr);
+}
+
+#[test]
+fn missing_kernel_file() {
+    one_line(
+        &["boot", "--kernel", "/nonexistent/vmlinux"],
+        1,
+        "cannot open kernel /nonexistent/vmlinux",
+    );
+}
+
+#[test]
+fn unreadable_kernel_is_a_directory() {
+    one_line(&["boot", "--kernel", "/"], 1, "kernel");
+}
+
+#[test]
+fn unknown_kernel_format() {
+    let dir = scratch("unknown-format");
+    let junk = dir.join("junk");
+    std::fs::write(&junk, vec![0x42u8; 8192]).unwrap();
+    one_line(
+        &["boot", "--kernel", junk.to_str().unwrap()],
+        1,
+        "not a kernel kiln can boot",
+    );
+}
+
+#[test]
+fn truncated_elf() {
+    let dir = scratch("truncated");
+    let full = std::fs::read(hello(&dir)).unwrap();
+    let cut = dir.join("cut.elf");
+    std::fs::write(&cut, &full[..100]).unwrap();
+    one_line(&["boot", "--kernel", cut.to_str().unwrap()], 1, "truncated");
+}
+
+#[test]
+fn missing_initrd() {
+    let dir = scratch("missing-initrd");
+    let k = hello(&dir);
+    one_line(
+        &[
+            "boot",
+            "--kernel",
+            k.to_str().unwrap(),
+            "--initrd",
+            "/nonexistent/initrd",
+        ],
+        1,
+        "cannot open initrd /nonexistent/initrd",
+    );
+}
+
+#[test]
+fn zero_and_too_many_cpus_are_usage_errors() {
+    let dir = scratch("cpus");
+    let k = hello(&dir);
+    let k = k.to_str().unwrap();
+    one_line(
+        &["boot", "--kernel", k, "--cpus", "0"],
+        2,
+        "--cpus must be at least 1",
+    );
+    one_line(&["boot", "--kernel", k, "--cpus", "100000"], 2, "--cpus 100000");
+    one_line(&["boot", "--kernel", k, "--cpus", "-1"], 2, "'-1'");
+}
+
+#[test]
+fn memory_too_small_or_too_large() {
+    let dir = scratch("memory");
+    let k = hello(&dir);
+    let k = k.to_str().unwrap();
+    one_line(&["boot", "--kernel", k, "--memory", "1"], 2, "too small");
+    one_line(
+        &["boot", "--kernel", k, "--memory", "100000000"],
+        2,
+        "--memory 100000000",
+    );
+    // Fits the address space but not this host.
+    one_line(&["boot", "--kernel", k, "--memory", "16000000"], 2, "RAM");
+    // The kernel is linked at 16 MiB: 8 MiB cannot hold it.
+    one_line(&["boot", "--kernel", k, "--memory", "8"], 1, "--memory");
+}
+
+#[test]
+fn initrd_that_does_not_fit() {
+    let dir = scratch("big-initrd");
+    let k = hello(&dir);
+    let big = dir.join("big.img");
+    std::fs::write(&big, vec![0u8; 40 << 20]).unwrap();
+    one_line(
+        &[
+            "boot",
+            "--kernel",
+            k.to_str().unwrap(),
+            "--memory",
+            "32",
+            "--initrd",
+            big.to_str().unwrap(),
+        ],
+        1,
+        "does not fit",
+    );
+}
+
+#[test]
+fn command_line_too_long() {
+    let dir = scratch("cmdline");
+    let k = hello(&dir);
+    let long = "x".repeat(5000);
+    one_line(
+        &["boot", "--kernel", k.to_str().unwrap(), "--cmdline", &long],
+        2,
+        "command line is 5000 bytes",
+    );
+}
+
+#[test]
+fn unknown_flag_is_a_usage_error() {
+    one_line(&["boot", "--kernal", "x"], 2, "--kernal");
+    one_line(&["boot"], 2, "--kernel");
+}
