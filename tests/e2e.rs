@@ -1,0 +1,129 @@
+//! End-to-end: kiln boots a real Linux guest to user space.
+//!
+//! On a host whose KVM boots Linux (VT-x/AMD-V) the scenarios in
+//! `tests/e2e/suite.sh` run directly; elsewhere (PVM hosts, CI runners
+//! without nested virtualization) they run inside the emulated host of
+//! `tools/nested-host`. Either way the suite runs once, on first use, and
+//! each test below checks one scenario's result line.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+
+struct Suite {
+    results: HashMap<String, (bool, String)>,
+    transcript: String,
+}
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Builds (or finds in the cache) the default guest kernel and initramfs.
+fn guest_artifacts() -> HashMap<String, PathBuf> {
+    let out = Command::new("bash")
+        .arg(repo().join("resources/default-guest.sh"))
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run resources/default-guest.sh");
+    assert!(out.status.success(), "building the guest artifacts failed (see above)");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), PathBuf::from(v)))
+        .collect()
+}
+
+fn run_suite() -> Suite {
+    let a = guest_artifacts();
+    let kiln = env!("CARGO_BIN_EXE_kiln");
+    let suite = repo().join("tests/e2e/suite.sh");
+    let nested_host = repo().join("tools/nested-host");
+    let mode = Command::new(&nested_host)
+        .arg("--check")
+        .output()
+        .expect("run tools/nested-host --check");
+    let mode = String::from_utf8_lossy(&mode.stdout).trim().to_string();
+    eprintln!("e2e: running the suite {mode}ly");
+    let output = if mode == "direct" {
+        let out_dir = std::env::temp_dir().join(format!("kiln-e2e-{}", std::process::id()));
+        Command::new("sh")
+            .arg(&suite)
+            .env("KILN", kiln)
+            .env("KERNEL", &a["KERNEL"])
+            .env("BZIMAGE", &a["BZIMAGE"])
+            .env("INITRD", &a["INITRD"])
+            .env("OUT", out_dir)
+            .stderr(Stdio::inherit())
+            .output()
+    } else {
+        let file = |src: &Path, dst: &str| format!("{}:/work/{dst}", src.display());
+        Command::new(&nested_host)
+            .args(["--timeout", "1800", "--file"])
+            .arg(file(Path::new(kiln), "kiln"))
+            .arg("--file")
+            .arg(file(&a["KERNEL"], "vmlinux"))
+            .arg("--file")
+            .arg(file(&a["BZIMAGE"], "bzImage"))
+            .arg("--file")
+            .arg(file(&a["INITRD"], "initramfs.cpio.gz"))
+            .arg("--file")
+            .arg(file(&suite, "suite.sh"))
+            .args(["--", "env", "KILN=/work/kiln", "KERNEL=/work/vmlinux", "BZIMAGE=/work/bzImage"])
+            .args(["INITRD=/work/initramfs.cpio.gz", "sh", "/work/suite.sh"])
+            .stderr(Stdio::inherit())
+            .output()
+    }
+    .expect("run the end-to-end suite");
+    let transcript = String::from_utf8_lossy(&output.stdout).to_string();
+    let results = transcript
+        .lines()
+        .filter_map(|l| {
+            let rest = l.trim_start_matches(|c: char| c != 'E').strip_prefix("E2E-RESULT ")?;
+            let mut parts = rest.splitn(3, ' ');
+            let name = parts.next()?.to_string();
+            let ok = parts.next()? == "PASS";
+            Some((name, (ok, parts.next().unwrap_or("").to_string())))
+        })
+        .collect();
+    for line in transcript.lines().filter(|l| l.contains("E2E-TIME") || l.contains("E2E-RESULT")) {
+        eprintln!("{line}");
+    }
+    Suite { results, transcript }
+}
+
+fn check(name: &str) {
+    static SUITE: OnceLock<Suite> = OnceLock::new();
+    let suite = SUITE.get_or_init(run_suite);
+    match suite.results.get(name) {
+        Some((true, detail)) => eprintln!("{name}: {detail}"),
+        Some((false, detail)) => panic!("{name} failed: {detail}\n{}", suite.transcript),
+        None => panic!("{name} did not report a result\n{}", suite.transcript),
+    }
+}
+
+#[test]
+fn vmlinux_with_initramfs_reaches_init_and_powers_off() {
+    check("boot-vmlinux");
+}
+
+#[test]
+fn cpus_memory_and_cmdline_reach_the_guest() {
+    check("cpus-memory-cmdline");
+}
+
+#[test]
+fn bzimage_of_the_same_kernel_boots() {
+    check("bzimage");
+}
+
+#[test]
+fn guest_panic_exits_nonzero_with_one_line() {
+    check("panic");
+}
+
+#[test]
+fn no_acpi_boots_with_mp_table_and_reboots() {
+    check("no-acpi");
+}
