@@ -6,6 +6,7 @@
 //! the panicking kernel issues is still reported as a panic.
 
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -63,6 +64,9 @@ impl ExitReason {
 struct Inner {
     evt: EventFd,
     reason: Mutex<Option<ExitReason>>,
+    /// Mirrors `reason.is_some()` for the vCPU hot path, which checks it
+    /// after every exit.
+    stopping: AtomicBool,
 }
 
 /// Cloneable handle: every holder may request a stop.
@@ -74,6 +78,7 @@ impl ExitNotifier {
         Ok(Self(Arc::new(Inner {
             evt: EventFd::new(EFD_NONBLOCK)?,
             reason: Mutex::new(None),
+            stopping: AtomicBool::new(false),
         })))
     }
 
@@ -85,8 +90,14 @@ impl ExitNotifier {
                 *slot = Some(reason);
             }
         }
+        self.0.stopping.store(true, Ordering::Release);
         // A full counter still wakes the reader, so an error here is harmless.
         let _ = self.0.evt.write(1);
+    }
+
+    /// Whether any stop has been requested (cheap: no lock).
+    pub fn is_stopping(&self) -> bool {
+        self.0.stopping.load(Ordering::Acquire)
     }
 
     pub fn reason(&self) -> Option<ExitReason> {
@@ -106,9 +117,11 @@ mod tests {
     fn first_reason_wins() {
         let n = ExitNotifier::new().unwrap();
         assert_eq!(n.reason(), None);
+        assert!(!n.is_stopping());
         n.clone().notify(ExitReason::GuestPanic);
         n.notify(ExitReason::Reset);
         assert_eq!(n.reason(), Some(ExitReason::GuestPanic));
+        assert!(n.is_stopping());
         assert_eq!(n.event_fd().read().unwrap(), 2);
     }
 

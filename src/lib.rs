@@ -6,6 +6,7 @@
 pub mod arch;
 pub mod backends;
 pub mod config;
+pub mod default_guest;
 pub mod devices;
 pub mod exit;
 pub mod terminal;

@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 
 use kiln::config::{self, VmConfig};
 use kiln::vmm::{self, ConsoleIo};
+use kiln::vstate::kvm::{HostKind, PVM_HINT};
 
 #[derive(Parser)]
 #[command(name = "kiln", version, about = "A KVM microVM monitor")]
@@ -29,8 +30,10 @@ enum Command {
 #[derive(Args)]
 struct BootArgs {
     /// Guest kernel: an ELF vmlinux (PVH entry used when present) or a bzImage.
+    /// Without it kiln boots its default guest (a 6.1 kernel and busybox
+    /// initramfs), building it on first use: that takes several minutes, once.
     #[arg(long, value_name = "PATH")]
-    kernel: PathBuf,
+    kernel: Option<PathBuf>,
     /// Initial ramdisk to load for the kernel.
     #[arg(long, value_name = "PATH")]
     initrd: Option<PathBuf>,
@@ -52,8 +55,8 @@ struct BootArgs {
 }
 
 impl BootArgs {
-    fn into_config(self) -> Result<VmConfig, config::ConfigError> {
-        let mut c = VmConfig::new(self.kernel);
+    fn into_config(self, kernel: PathBuf) -> Result<VmConfig, config::ConfigError> {
+        let mut c = VmConfig::new(kernel);
         c.initrd = self.initrd;
         c.cmdline = self.cmdline;
         c.cpus = config::validate_cpus(self.cpus)?;
@@ -68,6 +71,17 @@ impl BootArgs {
 fn fail(code: u8, message: impl std::fmt::Display) -> ExitCode {
     eprintln!("kiln: {message}");
     ExitCode::from(code)
+}
+
+/// Finds or builds the default guest; fills in its initrd unless given.
+fn default_guest(args: &mut BootArgs) -> Result<PathBuf, ExitCode> {
+    // Refuse before a multi-minute build whose result could not boot here.
+    if !HostKind::detect().boots_linux() && !args.force {
+        return Err(fail(1, PVM_HINT));
+    }
+    let guest = kiln::default_guest::ensure().map_err(|e| fail(1, e))?;
+    args.initrd.get_or_insert(guest.initrd);
+    Ok(guest.kernel)
 }
 
 fn main() -> ExitCode {
@@ -93,8 +107,15 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::Boot(args) => {
-            let config = match args.into_config() {
+        Command::Boot(mut args) => {
+            let kernel = match args.kernel.take() {
+                Some(k) => k,
+                None => match default_guest(&mut args) {
+                    Ok(k) => k,
+                    Err(code) => return code,
+                },
+            };
+            let config = match args.into_config(kernel) {
                 Ok(c) => c,
                 Err(e) => return fail(2, e),
             };

@@ -160,5 +160,22 @@ fn command_line_too_long() {
 #[test]
 fn unknown_flag_is_a_usage_error() {
     one_line(&["boot", "--kernal", "x"], 2, "--kernal");
-    one_line(&["boot"], 2, "--kernel");
+    one_line(&["boot", "--memory"], 2, "--memory");
+}
+
+#[test]
+fn default_guest_on_a_pvm_host_is_refused_before_building() {
+    if !std::path::Path::new("/sys/module/kvm_pvm").exists() {
+        eprintln!("not a PVM host: `kiln boot` would build and boot the default guest here");
+        return;
+    }
+    let out = run_kiln(&["boot"], TIMEOUT);
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("PVM") && out.stderr.contains("nested-host"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.elapsed < Duration::from_secs(2), "took {:?}", out.elapsed);
 }

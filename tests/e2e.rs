@@ -27,7 +27,10 @@ fn guest_artifacts() -> HashMap<String, PathBuf> {
         .stderr(Stdio::inherit())
         .output()
         .expect("run resources/default-guest.sh");
-    assert!(out.status.success(), "building the guest artifacts failed (see above)");
+    assert!(
+        out.status.success(),
+        "building the guest artifacts failed (see above)"
+    );
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| l.split_once('='))
@@ -70,7 +73,13 @@ fn run_suite() -> Suite {
             .arg(file(&a["INITRD"], "initramfs.cpio.gz"))
             .arg("--file")
             .arg(file(&suite, "suite.sh"))
-            .args(["--", "env", "KILN=/work/kiln", "KERNEL=/work/vmlinux", "BZIMAGE=/work/bzImage"])
+            .args([
+                "--",
+                "env",
+                "KILN=/work/kiln",
+                "KERNEL=/work/vmlinux",
+                "BZIMAGE=/work/bzImage",
+            ])
             .args(["INITRD=/work/initramfs.cpio.gz", "sh", "/work/suite.sh"])
             .stderr(Stdio::inherit())
             .output()
@@ -80,14 +89,19 @@ fn run_suite() -> Suite {
     let results = transcript
         .lines()
         .filter_map(|l| {
-            let rest = l.trim_start_matches(|c: char| c != 'E').strip_prefix("E2E-RESULT ")?;
+            let rest = l
+                .trim_start_matches(|c: char| c != 'E')
+                .strip_prefix("E2E-RESULT ")?;
             let mut parts = rest.splitn(3, ' ');
             let name = parts.next()?.to_string();
             let ok = parts.next()? == "PASS";
             Some((name, (ok, parts.next().unwrap_or("").to_string())))
         })
         .collect();
-    for line in transcript.lines().filter(|l| l.contains("E2E-TIME") || l.contains("E2E-RESULT")) {
+    for line in transcript
+        .lines()
+        .filter(|l| l.contains("E2E-TIME") || l.contains("E2E-RESULT"))
+    {
         eprintln!("{line}");
     }
     Suite { results, transcript }

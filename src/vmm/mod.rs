@@ -116,7 +116,11 @@ pub fn run_vm(config: &VmConfig, io: ConsoleIo) -> Result<ExitReason, VmmError> 
     vcpu::stop_all(&stop, handles);
     if log::log_enabled!(log::Level::Debug) {
         match crate::vstate::memory::resident_bytes(&vm.memory) {
-            Ok(b) => log::debug!("guest memory resident: {} KiB, peak RSS: {} KiB", b >> 10, peak_rss_kib()),
+            Ok(b) => log::debug!(
+                "guest memory resident: {} KiB, peak RSS: {} KiB",
+                b >> 10,
+                peak_rss_kib()
+            ),
             Err(e) => log::debug!("guest memory residency unknown: {e}"),
         }
     }

@@ -61,7 +61,9 @@ impl Vcpu {
     pub fn run(mut self) {
         let immediate_exit = &mut self.fd.get_kvm_run().immediate_exit as *mut u8;
         IMMEDIATE_EXIT.with(|p| p.set(immediate_exit));
-        while !self.stop.load(Ordering::Acquire) {
+        // A device on this vCPU (i8042, ACPI) may have asked for the stop:
+        // leave at once rather than halt in KVM_RUN until kicked.
+        while !self.stop.load(Ordering::Acquire) && !self.exit.is_stopping() {
             if let Some(reason) = self.run_once() {
                 self.exit.notify(reason);
                 break;
@@ -179,12 +181,12 @@ impl VcpuHandle {
 /// landed before the thread installed its handler pointer.
 pub fn stop_all(stop: &AtomicBool, handles: Vec<VcpuHandle>) {
     stop.store(true, Ordering::Release);
-    for _ in 0..1000 {
+    for _ in 0..4000 {
         if handles.iter().all(VcpuHandle::is_finished) {
             break;
         }
         handles.iter().for_each(VcpuHandle::kick);
-        std::thread::sleep(std::time::Duration::from_micros(200));
+        std::thread::sleep(std::time::Duration::from_micros(50));
     }
     for h in handles {
         if h.is_finished() {

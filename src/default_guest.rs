@@ -1,0 +1,136 @@
+//! The default guest: a kernel and initramfs built from the recipes in
+//! `resources/`, which are compiled into the binary so `kiln boot` works
+//! from any install. The first use builds them (minutes, once); later uses
+//! find them in the cache.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+/// The recipes, by path below `resources/`.
+const RECIPES: &[(&str, &str)] = &[
+    ("default-guest.sh", include_str!("../resources/default-guest.sh")),
+    ("build-kernel.sh", include_str!("../resources/build-kernel.sh")),
+    (
+        "build-initramfs.sh",
+        include_str!("../resources/build-initramfs.sh"),
+    ),
+    (
+        "lib/guest-tree.sh",
+        include_str!("../resources/lib/guest-tree.sh"),
+    ),
+    ("guest/init", include_str!("../resources/guest/init")),
+    (
+        "guest/kernel.config",
+        include_str!("../resources/guest/kernel.config"),
+    ),
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum DefaultGuestError {
+    #[error("cannot find a cache directory: set KILN_CACHE or HOME")]
+    NoCache,
+    #[error("cannot write the guest recipes to {path}: {source}")]
+    Write { path: String, source: std::io::Error },
+    #[error("cannot run bash to build the default guest: {0}")]
+    Spawn(std::io::Error),
+    #[error("building the default guest failed (see the messages above); pass --kernel to boot your own")]
+    Build,
+    #[error("the default guest build did not report {0}")]
+    Missing(&'static str),
+}
+
+/// The default guest's files.
+#[derive(Debug, Clone)]
+pub struct DefaultGuest {
+    pub kernel: PathBuf,
+    pub bzimage: PathBuf,
+    pub initrd: PathBuf,
+}
+
+/// `$KILN_CACHE`, else `$HOME/.cache/kiln`.
+pub fn cache_dir() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("KILN_CACHE").filter(|d| !d.is_empty()) {
+        return Some(PathBuf::from(dir));
+    }
+    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/kiln"))
+}
+
+/// Writes the recipes to a directory named after their contents, so
+/// different kiln versions never share a half-matching set.
+fn unpack_recipes() -> Result<PathBuf, DefaultGuestError> {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    RECIPES.hash(&mut hasher);
+    let dir = cache_dir()
+        .ok_or(DefaultGuestError::NoCache)?
+        .join(format!("resources/{:016x}", hasher.finish()));
+    for (name, text) in RECIPES {
+        let path = dir.join(name);
+        let write = || -> std::io::Result<()> {
+            if std::fs::read_to_string(&path).is_ok_and(|t| t == *text) {
+                return Ok(());
+            }
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            // Write beside and rename: a concurrent kiln never sees half a script.
+            let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+            std::fs::write(&tmp, text)?;
+            std::fs::rename(&tmp, &path)
+        };
+        write().map_err(|source| DefaultGuestError::Write {
+            path: path.display().to_string(),
+            source,
+        })?;
+    }
+    Ok(dir)
+}
+
+/// Builds the default guest if the cache lacks it and returns its files.
+/// Progress goes to stderr.
+pub fn ensure() -> Result<DefaultGuest, DefaultGuestError> {
+    let dir = unpack_recipes()?;
+    let out = Command::new("bash")
+        .arg(dir.join("default-guest.sh"))
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(DefaultGuestError::Spawn)?;
+    if !out.status.success() {
+        return Err(DefaultGuestError::Build);
+    }
+    let vars: HashMap<String, PathBuf> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), PathBuf::from(v)))
+        .collect();
+    let get = |k: &'static str| vars.get(k).cloned().ok_or(DefaultGuestError::Missing(k));
+    Ok(DefaultGuest {
+        kernel: get("KERNEL")?,
+        bzimage: get("BZIMAGE")?,
+        initrd: get("INITRD")?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recipes_are_embedded_and_unpack_idempotently() {
+        let cache = std::env::temp_dir().join(format!("kiln-recipes-{}", std::process::id()));
+        // Tests run in threads of one process: scope the env change tightly.
+        std::env::set_var("KILN_CACHE", &cache);
+        let first = unpack_recipes().unwrap();
+        let second = unpack_recipes().unwrap();
+        std::env::remove_var("KILN_CACHE");
+        assert_eq!(first, second);
+        for (name, text) in RECIPES {
+            assert_eq!(std::fs::read_to_string(first.join(name)).unwrap(), *text);
+        }
+        assert!(RECIPES
+            .iter()
+            .any(|(n, t)| *n == "default-guest.sh" && t.contains("KERNEL=")));
+    }
+}
