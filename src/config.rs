@@ -7,6 +7,7 @@
 use std::path::PathBuf;
 
 use crate::arch::x86_64::layout;
+use crate::devices::virtio::block::BlockConfig;
 
 /// Command line used when the user gives none: serial console, reboot
 /// through the i8042 so a guest `reboot` ends kiln, and a panic reboots
@@ -33,6 +34,86 @@ pub enum ConfigError {
     CmdlineTooLong { len: usize, max: usize },
     #[error("the kernel command line contains a NUL byte")]
     CmdlineNul,
+    #[error("--disk {spec:?}: {why}")]
+    BadDisk { spec: String, why: String },
+    #[error("{0} disks given; kiln supports at most {max}", max = layout::MAX_VIRTIO_DEVICES)]
+    TooManyDisks(usize),
+    #[error("more than one --disk is marked root")]
+    TwoRoots,
+    #[error("the root disk must come first (it becomes /dev/vda)")]
+    RootNotFirst,
+}
+
+/// One `--disk`: the block device plus whether it is the root filesystem.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskConfig {
+    pub block: BlockConfig,
+    /// Becomes /dev/vda, and `root=/dev/vda` is added to the command line
+    /// unless it already names a root.
+    pub root: bool,
+}
+
+impl std::str::FromStr for DiskConfig {
+    type Err = ConfigError;
+
+    /// `path=FILE[,root][,readonly][,id=ID][,cache=unsafe|writeback|none][,shared=on|off]`
+    fn from_str(spec: &str) -> Result<Self, ConfigError> {
+        let bad = |why: String| ConfigError::BadDisk {
+            spec: spec.to_string(),
+            why,
+        };
+        let mut path = None;
+        let mut disk = DiskConfig {
+            block: BlockConfig::default(),
+            root: false,
+        };
+        for item in spec.split(',') {
+            let (key, value) = match item.split_once('=') {
+                Some((k, v)) => (k, Some(v)),
+                None => (item, None),
+            };
+            match (key, value) {
+                ("path", Some(v)) if !v.is_empty() => path = Some(PathBuf::from(v)),
+                ("root", None) => disk.root = true,
+                ("readonly" | "ro", None) => disk.block.read_only = true,
+                ("readonly" | "ro", Some(v)) => disk.block.read_only = parse_switch(v).map_err(bad)?,
+                ("id", Some(v)) => {
+                    if v.len() > 20 || !v.bytes().all(|b| b.is_ascii_graphic()) {
+                        return Err(bad("id= takes at most 20 printable ASCII characters".into()));
+                    }
+                    disk.block.id = Some(v.to_string());
+                }
+                ("cache", Some(v)) => disk.block.cache = v.parse().map_err(|e| bad(format!("{e}")))?,
+                ("shared", Some(v)) => disk.block.shared = parse_switch(v).map_err(bad)?,
+                _ => {
+                    return Err(bad(format!(
+                        "unknown option {item:?}; use path=FILE, root, readonly, id=ID, cache=unsafe|writeback|none, shared=on"
+                    )))
+                }
+            }
+        }
+        disk.block.path = path.ok_or_else(|| bad("path=FILE is required".into()))?;
+        Ok(disk)
+    }
+}
+
+fn parse_switch(v: &str) -> Result<bool, String> {
+    match v {
+        "on" | "true" | "yes" | "1" => Ok(true),
+        "off" | "false" | "no" | "0" => Ok(false),
+        _ => Err(format!("expected on or off, got {v:?}")),
+    }
+}
+
+/// Checks the disk list as a whole.
+pub fn validate_disks(disks: &[DiskConfig]) -> Result<(), ConfigError> {
+    if disks.len() > layout::MAX_VIRTIO_DEVICES as usize {
+        return Err(ConfigError::TooManyDisks(disks.len()));
+    }
+    if disks.iter().filter(|d| d.root).count() > 1 {
+        return Err(ConfigError::TwoRoots);
+    }
+    Ok(())
 }
 
 /// One VM's configuration.
@@ -48,6 +129,8 @@ pub struct VmConfig {
     pub acpi: bool,
     /// Boot a Linux kernel even on a host whose KVM is known not to run one.
     pub force: bool,
+    /// virtio-blk disks, in the order the guest should see them.
+    pub disks: Vec<DiskConfig>,
 }
 
 impl VmConfig {
@@ -61,6 +144,7 @@ impl VmConfig {
             memory_mib: DEFAULT_MEMORY_MIB,
             acpi: true,
             force: false,
+            disks: Vec::new(),
         }
     }
 
@@ -70,8 +154,12 @@ impl VmConfig {
 
     /// Checks everything that needs no host access.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.disks.iter().skip(1).any(|d| d.root) {
+            return Err(ConfigError::RootNotFirst);
+        }
         validate_cpus(u64::from(self.cpus))?;
         validate_memory(self.memory_mib)?;
+        validate_disks(&self.disks)?;
         validate_cmdline(&self.cmdline, layout::CMDLINE_MAX_SIZE)
     }
 }
@@ -147,6 +235,56 @@ mod tests {
             validate_memory(1 << 27),
             Err(ConfigError::MemoryTooLarge(1 << 27))
         );
+    }
+
+    #[test]
+    fn disk_specs_parse() {
+        let d: DiskConfig = "path=/img/root.ext4,root".parse().unwrap();
+        assert_eq!(d.block.path, PathBuf::from("/img/root.ext4"));
+        assert!(d.root && !d.block.read_only && !d.block.shared);
+        let d: DiskConfig = "path=d.img,readonly,id=data-1,cache=none,shared=on"
+            .parse()
+            .unwrap();
+        assert!(d.block.read_only && d.block.shared && !d.root);
+        assert_eq!(d.block.id.as_deref(), Some("data-1"));
+        assert_eq!(d.block.cache, crate::backends::CacheMode::None);
+        assert!("ro=off,path=x"
+            .parse::<DiskConfig>()
+            .is_ok_and(|d| !d.block.read_only));
+    }
+
+    #[test]
+    fn bad_disk_specs_say_why() {
+        for (spec, why) in [
+            ("root", "path=FILE is required"),
+            ("path=", "unknown option"),
+            ("path=x,cache=fast", "unknown cache mode"),
+            ("path=x,id=123456789012345678901", "at most 20"),
+            ("path=x,id=has space", "printable"),
+            ("path=x,bogus", "unknown option \"bogus\""),
+            ("path=x,shared=maybe", "expected on or off"),
+        ] {
+            let err = spec.parse::<DiskConfig>().unwrap_err().to_string();
+            assert!(err.contains(why), "{spec}: {err}");
+        }
+    }
+
+    #[test]
+    fn disk_list_limits() {
+        let disk = |root| DiskConfig {
+            block: BlockConfig::new("x"),
+            root,
+        };
+        assert_eq!(
+            validate_disks(&[disk(true), disk(true)]),
+            Err(ConfigError::TwoRoots)
+        );
+        let mut c = VmConfig::new("k");
+        c.disks = vec![disk(false), disk(true)];
+        assert_eq!(c.validate(), Err(ConfigError::RootNotFirst));
+        let many = vec![disk(false); layout::MAX_VIRTIO_DEVICES as usize + 1];
+        assert_eq!(validate_disks(&many), Err(ConfigError::TooManyDisks(many.len())));
+        assert_eq!(validate_disks(&many[1..]), Ok(()));
     }
 
     #[test]

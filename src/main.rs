@@ -46,6 +46,16 @@ struct BootArgs {
     /// Guest memory in MiB.
     #[arg(long, value_name = "MIB", default_value_t = config::DEFAULT_MEMORY_MIB)]
     memory: u64,
+    /// A virtio-blk disk (repeatable, up to 19 in all):
+    /// path=FILE[,root][,readonly][,id=ID][,cache=unsafe|writeback|none][,shared=on].
+    /// `root` makes it /dev/vda and adds `root=/dev/vda rw` (ro if readonly)
+    /// unless --cmdline sets root=; `readonly` never writes the file; `id` is
+    /// what the guest reads as its serial (20 characters at most); cache=none
+    /// bypasses the host page cache (O_DIRECT), cache=unsafe ignores flushes;
+    /// `shared=on` lets other processes open the image too (otherwise a
+    /// writable image is locked).
+    #[arg(long = "disk", value_name = "SPEC")]
+    disks: Vec<config::DiskConfig>,
     /// Describe the machine with an MP table only, no ACPI tables.
     #[arg(long)]
     no_acpi: bool,
@@ -63,6 +73,9 @@ impl BootArgs {
         c.memory_mib = self.memory;
         c.acpi = !self.no_acpi;
         c.force = self.force;
+        // The root disk goes first so the guest sees it as /dev/vda.
+        c.disks = self.disks;
+        c.disks.sort_by_key(|d| !d.root);
         c.validate()?;
         Ok(c)
     }

@@ -1,1 +1,5 @@
 //! Host-side I/O backends. Nothing in here knows about virtio.
+
+pub mod file;
+
+pub use file::{CacheMode, FileBackend, FileBackendError};

@@ -25,6 +25,9 @@ use crate::devices::legacy::acpi_pm::AcpiPmDevice;
 use crate::devices::legacy::i8042::I8042Device;
 use crate::devices::legacy::pvpanic::PvPanicDevice;
 use crate::devices::legacy::serial::{SerialDevice, SerialInput};
+use crate::devices::virtio::block::BlockDevice;
+use crate::devices::virtio::block::BlockError;
+use crate::devices::virtio::{attach_mmio_device, MmioSlot, VirtioError};
 use crate::devices::EventLoop;
 use crate::exit::ExitNotifier;
 use crate::vstate::kvm::{open_kvm, HostKind, KvmError, PVM_HINT};
@@ -67,6 +70,10 @@ pub enum BuildError {
     Bus(#[from] crate::devices::bus::BusError),
     #[error("cannot set up the VMM: {0}")]
     Setup(std::io::Error),
+    #[error(transparent)]
+    Block(#[from] BlockError),
+    #[error(transparent)]
+    Virtio(#[from] VirtioError),
 }
 
 impl BuildError {
@@ -138,16 +145,48 @@ fn register_memory(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<(), BuildError> {
     Ok(())
 }
 
-/// Builds the kernel command line: the user's, plus what devices need.
-fn build_cmdline(config: &VmConfig, limit: usize) -> Result<Cmdline, BuildError> {
-    validate_cmdline(&config.cmdline, limit)?;
+/// Builds the kernel command line: the user's, then `root=` for a root
+/// disk (unless the user chose one), then, without ACPI, the virtio-mmio
+/// devices (with ACPI the DSDT lists them; listing both would register
+/// each device twice).
+fn build_cmdline(config: &VmConfig, limit: usize, slots: &[MmioSlot]) -> Result<Cmdline, BuildError> {
+    let mut extra = Vec::new();
+    let user_root = config.cmdline.split_whitespace().any(|w| w.starts_with("root="));
+    if let Some(root) = config.disks.first().filter(|d| d.root && !user_root) {
+        extra.push("root=/dev/vda".to_string());
+        extra.push(if root.block.read_only { "ro" } else { "rw" }.to_string());
+    }
+    if !config.acpi {
+        extra.extend(slots.iter().map(MmioSlot::kernel_cmdline_arg));
+    }
+    let full = [config.cmdline.trim().to_string(), extra.join(" ")].join(" ");
+    let full = full.trim();
+    validate_cmdline(full, limit)?;
     let mut cmdline = Cmdline::new(limit).map_err(BuildError::Cmdline)?;
-    if !config.cmdline.trim().is_empty() {
-        cmdline
-            .insert_str(config.cmdline.trim())
-            .map_err(BuildError::Cmdline)?;
+    if !full.is_empty() {
+        cmdline.insert_str(full).map_err(BuildError::Cmdline)?;
     }
     Ok(cmdline)
+}
+
+/// Opens every disk and puts it on the MMIO bus, in order (the caller put
+/// the root disk first, so it is /dev/vda). Returns the slots used.
+fn attach_disks(
+    vm: &VmFd,
+    mem: &GuestMemoryMmap,
+    config: &VmConfig,
+    mmio_bus: &mut Bus,
+    event_loop: &mut EventLoop,
+) -> Result<Vec<MmioSlot>, BuildError> {
+    let mut slots = Vec::with_capacity(config.disks.len());
+    for (index, disk) in config.disks.iter().enumerate() {
+        let slot =
+            MmioSlot::from_layout(index as u32).ok_or(ConfigError::TooManyDisks(config.disks.len()))?;
+        let device = BlockDevice::new(disk.block.clone())?;
+        attach_mmio_device(vm, mem, mmio_bus, event_loop, slot, device)?;
+        slots.push(slot);
+    }
+    Ok(slots)
 }
 
 /// Port I/O devices: COM1, i8042, pvpanic, ACPI sleep/reset register.
@@ -273,10 +312,18 @@ pub fn build(
     vm.create_pit2(pit).map_err(kvm_op("create the PIT"))?;
 
     let pio_bus = legacy_devices(&vm, output, input, exit, event_loop)?;
-    let mmio_bus = Bus::new();
-    let virtio_devices: Vec<acpi::MmioDeviceInfo> = Vec::new();
+    let mut mmio_bus = Bus::new();
+    let slots = attach_disks(&vm, &memory, config, &mut mmio_bus, event_loop)?;
+    let virtio_devices: Vec<acpi::MmioDeviceInfo> = slots
+        .iter()
+        .map(|s| acpi::MmioDeviceInfo {
+            base: s.base,
+            len: s.len,
+            gsi: s.gsi,
+        })
+        .collect();
 
-    let cmdline = build_cmdline(config, kernel.cmdline_limit())?;
+    let cmdline = build_cmdline(config, kernel.cmdline_limit(), &slots)?;
     let cmdline_len = cmdline
         .as_cstring()
         .map_err(BuildError::Cmdline)?

@@ -1,1 +1,402 @@
-//! virtio devices over the virtio-mmio transport. (in progress)
+//! virtio devices over the virtio-mmio transport (virtio 1.2, modern only).
+//!
+//! A device implements [`VirtioDevice`]; [`attach_mmio_device`] wraps it in
+//! an [`MmioTransport`], connects its queue notifications (ioeventfd) and
+//! interrupt (irqfd) to KVM, puts it on the MMIO bus and hands its queue
+//! events to the event loop.
+
+use std::io;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Instant;
+
+use kvm_ioctls::{IoEventAddress, VmFd};
+use virtio_queue::Queue;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::arch::x86_64::layout;
+use crate::devices::bus::{Bus, BusError};
+use crate::devices::EventLoop;
+use crate::vstate::memory::GuestMemoryMmap;
+
+/// Logs a warning at most once a second per call site: guests can trigger
+/// these at will and must not be able to flood the host log.
+macro_rules! warn_guest {
+    ($($arg:tt)+) => {{
+        static LAST_LOGGED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        if $crate::devices::virtio::log_slot_free(&LAST_LOGGED) {
+            log::warn!($($arg)+);
+        }
+    }};
+}
+
+pub mod block;
+pub mod handler;
+pub mod mmio;
+pub mod queue;
+
+pub use handler::MmioEventHandler;
+pub use mmio::{MmioError, MmioTransport};
+pub use queue::QueueError;
+
+/// Device status bits (virtio 1.2 §2.1).
+pub mod status {
+    pub const ACKNOWLEDGE: u32 = 1;
+    pub const DRIVER: u32 = 2;
+    pub const DRIVER_OK: u32 = 4;
+    pub const FEATURES_OK: u32 = 8;
+    pub const DEVICE_NEEDS_RESET: u32 = 64;
+    pub const FAILED: u32 = 128;
+}
+
+/// Transport-level feature bits (virtio 1.2 §6).
+pub mod features {
+    pub const VIRTIO_F_INDIRECT_DESC: u32 = 28;
+    pub const VIRTIO_F_RING_EVENT_IDX: u32 = 29;
+    pub const VIRTIO_F_VERSION_1: u32 = 32;
+}
+
+/// `InterruptStatus` bits: a used buffer, or a configuration change.
+pub const INTERRUPT_VRING: u32 = 1;
+pub const INTERRUPT_CONFIG: u32 = 2;
+
+/// A device behind a virtio transport.
+///
+/// The transport owns the queues and calls [`VirtioDevice::process_queue`]
+/// when the driver notifies one, on whichever thread saw the notification.
+pub trait VirtioDevice: Send {
+    /// virtio device ID (§5), e.g. 2 for block.
+    fn device_type(&self) -> u32;
+    /// Maximum size of each queue (powers of two); the length is the number
+    /// of queues.
+    fn queue_max_sizes(&self) -> &[u16];
+    /// Feature bits offered to the driver, including `VIRTIO_F_VERSION_1`.
+    fn device_features(&self) -> u64;
+    /// Reads device config space. Any offset and length: bytes past the end
+    /// of the config read as zero.
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// Writes device config space; read-only fields ignore writes.
+    fn write_config(&mut self, offset: u64, data: &[u8]);
+    /// Called when the driver sets DRIVER_OK with a consistent setup.
+    fn activate(
+        &mut self,
+        acked_features: u64,
+        mem: GuestMemoryMmap,
+        interrupt: Arc<dyn Interrupt>,
+    ) -> Result<(), VirtioError>;
+    /// Handles buffers the driver made available on queue `index` (always a
+    /// ready queue of an activated device). An error marks the device as
+    /// needing a reset.
+    fn process_queue(&mut self, index: usize, queue: &mut Queue) -> Result<(), QueueError>;
+    /// Returns to the pre-activation state; drops memory and interrupt.
+    fn reset(&mut self);
+}
+
+/// How a device tells the driver something happened; like
+/// `vm_superio::Trigger`, plus the reason (`INTERRUPT_VRING` or
+/// `INTERRUPT_CONFIG`).
+pub trait Interrupt: Send + Sync {
+    fn trigger(&self, reason: u32) -> io::Result<()>;
+}
+
+/// An interrupt delivered through a KVM irqfd, with the `InterruptStatus`
+/// register it shares with the MMIO transport.
+#[derive(Debug)]
+pub struct IrqfdInterrupt {
+    irqfd: EventFd,
+    status: AtomicU32,
+}
+
+impl IrqfdInterrupt {
+    pub fn new(irqfd: EventFd) -> Self {
+        Self {
+            irqfd,
+            status: AtomicU32::new(0),
+        }
+    }
+
+    pub fn irqfd(&self) -> &EventFd {
+        &self.irqfd
+    }
+
+    /// Current `InterruptStatus` bits.
+    pub fn status(&self) -> u32 {
+        self.status.load(Ordering::SeqCst)
+    }
+
+    /// The driver handled `bits` (`InterruptACK`).
+    pub fn acknowledge(&self, bits: u32) {
+        self.status.fetch_and(!bits, Ordering::SeqCst);
+    }
+
+    pub fn clear(&self) {
+        self.status.store(0, Ordering::SeqCst);
+    }
+}
+
+impl Interrupt for IrqfdInterrupt {
+    fn trigger(&self, reason: u32) -> io::Result<()> {
+        // Latch the reason before raising the line so the driver's
+        // interrupt handler cannot miss it.
+        self.status.fetch_or(reason, Ordering::SeqCst);
+        self.irqfd.write(1)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum VirtioError {
+    #[error("cannot create an eventfd for a virtio device: {0}; check the open-file limit (ulimit -n)")]
+    EventFd(io::Error),
+    #[error("cannot connect virtio-mmio interrupt GSI {gsi} to KVM: {source}")]
+    Irqfd { gsi: u32, source: kvm_ioctls::Error },
+    #[error("cannot register the queue {queue} notifier at {addr:#x} with KVM: {source}")]
+    Ioeventfd {
+        queue: usize,
+        addr: u64,
+        source: kvm_ioctls::Error,
+    },
+    #[error("cannot place a virtio-mmio device at {base:#x}: {source}")]
+    Bus { base: u64, source: BusError },
+    #[error("virtio-mmio window at {base:#x} is {len:#x} bytes; it needs at least {min:#x}")]
+    WindowTooSmall { base: u64, len: u64, min: u64 },
+    #[error(transparent)]
+    Transport(#[from] MmioError),
+    #[error("virtio device failed to start: {0}")]
+    Activation(String),
+}
+
+/// Where a virtio-mmio device lives in the guest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MmioSlot {
+    pub index: u32,
+    pub base: u64,
+    pub len: u64,
+    pub gsi: u32,
+}
+
+impl MmioSlot {
+    /// Slot `index` of the fixed layout, or `None` past `MAX_VIRTIO_DEVICES`.
+    pub fn from_layout(index: u32) -> Option<Self> {
+        (index < layout::MAX_VIRTIO_DEVICES).then(|| Self {
+            index,
+            base: layout::virtio_mmio_base(index),
+            len: layout::VIRTIO_MMIO_SIZE,
+            gsi: layout::VIRTIO_IRQ_BASE + index,
+        })
+    }
+
+    /// The Linux command-line parameter that announces this device when
+    /// there is no ACPI/DT description of it.
+    pub fn kernel_cmdline_arg(&self) -> String {
+        format!(
+            "virtio_mmio.device={}K@{:#x}:{}",
+            self.len >> 10,
+            self.base,
+            self.gsi
+        )
+    }
+}
+
+/// Creates the transport around `device`, registers one ioeventfd per queue
+/// (`QueueNotify` with datamatch = queue index) and the irqfd for
+/// `slot.gsi` with KVM, inserts the transport into `mmio_bus` at the slot,
+/// and adds its queue-event subscriber to `event_loop`.
+///
+/// `mem` is cloned (its regions are shared, not copied). Needs an in-kernel
+/// irqchip for the irqfd.
+pub fn attach_mmio_device<D: VirtioDevice + 'static>(
+    vm: &VmFd,
+    mem: &GuestMemoryMmap,
+    mmio_bus: &mut Bus,
+    event_loop: &mut EventLoop,
+    slot: MmioSlot,
+    device: D,
+) -> Result<(), VirtioError> {
+    if slot.len < mmio::CONFIG_SPACE_OFFSET {
+        return Err(VirtioError::WindowTooSmall {
+            base: slot.base,
+            len: slot.len,
+            min: mmio::CONFIG_SPACE_OFFSET,
+        });
+    }
+    let num_queues = device.queue_max_sizes().len();
+    let irqfd = EventFd::new(EFD_NONBLOCK).map_err(VirtioError::EventFd)?;
+    let queue_evts = (0..num_queues)
+        .map(|_| EventFd::new(EFD_NONBLOCK))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(VirtioError::EventFd)?;
+    let interrupt = Arc::new(IrqfdInterrupt::new(irqfd));
+    let transport = Arc::new(Mutex::new(MmioTransport::new(
+        device,
+        mem.clone(),
+        interrupt.clone(),
+    )?));
+
+    let notify_addr = IoEventAddress::Mmio(slot.base + mmio::QUEUE_NOTIFY_OFFSET);
+    let mut registered = Vec::new();
+    let unregister = |registered: &[usize]| {
+        for &queue in registered {
+            // Best effort: the VM is being torn down after this error anyway.
+            let _ = vm.unregister_ioevent(&queue_evts[queue], &notify_addr, queue as u32);
+        }
+    };
+    for (queue, evt) in queue_evts.iter().enumerate() {
+        if let Err(source) = vm.register_ioevent(evt, &notify_addr, queue as u32) {
+            unregister(&registered);
+            return Err(VirtioError::Ioeventfd {
+                queue,
+                addr: slot.base + mmio::QUEUE_NOTIFY_OFFSET,
+                source,
+            });
+        }
+        registered.push(queue);
+    }
+    if let Err(source) = vm.register_irqfd(interrupt.irqfd(), slot.gsi) {
+        unregister(&registered);
+        return Err(VirtioError::Irqfd {
+            gsi: slot.gsi,
+            source,
+        });
+    }
+    if let Err(source) = mmio_bus.insert(slot.base, slot.len, transport.clone()) {
+        unregister(&registered);
+        let _ = vm.unregister_irqfd(interrupt.irqfd(), slot.gsi);
+        return Err(VirtioError::Bus {
+            base: slot.base,
+            source,
+        });
+    }
+    let handler = MmioEventHandler::new(transport, queue_evts);
+    event_manager::SubscriberOps::add_subscriber(event_loop, Arc::new(Mutex::new(handler)));
+    Ok(())
+}
+
+/// Whether a rate-limited call site may log now (see `warn_guest!`).
+pub(crate) fn log_slot_free(last_logged: &AtomicU64) -> bool {
+    static START: OnceLock<Instant> = OnceLock::new();
+    // +1 so that 0 stays "never logged".
+    let now = START.get_or_init(Instant::now).elapsed().as_secs() + 1;
+    let last = last_logged.load(Ordering::Relaxed);
+    last != now
+        && last_logged
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+}
+
+/// Copies the part of `config` at `offset` into `data`; the rest reads as 0.
+pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
+    data.fill(0);
+    let Ok(start) = usize::try_from(offset) else {
+        return;
+    };
+    if let Some(src) = config.get(start..) {
+        let n = src.len().min(data.len());
+        data[..n].copy_from_slice(&src[..n]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn irqfd_interrupt_latches_and_signals() {
+        let irq = IrqfdInterrupt::new(EventFd::new(EFD_NONBLOCK).unwrap());
+        irq.trigger(INTERRUPT_VRING).unwrap();
+        irq.trigger(INTERRUPT_CONFIG).unwrap();
+        assert_eq!(irq.status(), INTERRUPT_VRING | INTERRUPT_CONFIG);
+        assert_eq!(irq.irqfd().read().unwrap(), 2);
+        irq.acknowledge(INTERRUPT_VRING);
+        assert_eq!(irq.status(), INTERRUPT_CONFIG);
+        irq.clear();
+        assert_eq!(irq.status(), 0);
+    }
+
+    #[test]
+    fn slots_follow_the_layout() {
+        let slot = MmioSlot::from_layout(1).unwrap();
+        assert_eq!(slot.base, layout::VIRTIO_MMIO_START + 0x1000);
+        assert_eq!(slot.gsi, layout::VIRTIO_IRQ_BASE + 1);
+        assert_eq!(
+            slot.kernel_cmdline_arg(),
+            format!("virtio_mmio.device=4K@0xd0001000:{}", layout::VIRTIO_IRQ_BASE + 1)
+        );
+        assert!(MmioSlot::from_layout(layout::MAX_VIRTIO_DEVICES).is_none());
+    }
+
+    #[test]
+    fn config_reads_clip_and_zero_fill() {
+        let config = [1, 2, 3, 4];
+        let mut out = [0xff; 3];
+        read_config_bytes(&config, 2, &mut out);
+        assert_eq!(out, [3, 4, 0]);
+        read_config_bytes(&config, 9, &mut out);
+        assert_eq!(out, [0, 0, 0]);
+        read_config_bytes(&config, u64::MAX, &mut out);
+        assert_eq!(out, [0, 0, 0]);
+    }
+
+    #[test]
+    fn attach_wires_kvm_bus_and_event_loop() {
+        use vm_memory::GuestAddress;
+        use vmm_sys_util::tempfile::TempFile;
+
+        let Ok(kvm) = kvm_ioctls::Kvm::new() else {
+            eprintln!("skipping: /dev/kvm is not available");
+            return;
+        };
+        let vm = kvm.create_vm().unwrap();
+        vm.create_irq_chip().unwrap();
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let mut bus = Bus::new();
+        let mut event_loop = EventLoop::new().unwrap();
+        let image = TempFile::new().unwrap();
+        image.as_file().set_len(1 << 20).unwrap();
+        let disk = || {
+            block::BlockDevice::new(block::BlockConfig {
+                read_only: true,
+                ..block::BlockConfig::new(image.as_path())
+            })
+            .unwrap()
+        };
+
+        let slot = MmioSlot::from_layout(0).unwrap();
+        attach_mmio_device(&vm, &mem, &mut bus, &mut event_loop, slot, disk()).unwrap();
+        let mut word = [0u8; 4];
+        assert!(bus.read(slot.base, &mut word));
+        assert_eq!(u32::from_le_bytes(word), mmio::MMIO_MAGIC_VALUE);
+        assert!(bus.read(slot.base + 8, &mut word));
+        assert_eq!(u32::from_le_bytes(word), block::BLOCK_DEVICE_ID);
+
+        // The same slot again: KVM already has that notifier.
+        let err = attach_mmio_device(&vm, &mem, &mut bus, &mut event_loop, slot, disk());
+        assert!(matches!(err, Err(VirtioError::Ioeventfd { .. })), "{err:?}");
+
+        // An overlapping window with a free GSI: the bus refuses it and the
+        // KVM registrations are undone, so the slot can be used afterwards.
+        let clash = MmioSlot {
+            index: 1,
+            base: slot.base - 0x800,
+            gsi: slot.gsi + 1,
+            ..slot
+        };
+        let err = attach_mmio_device(&vm, &mem, &mut bus, &mut event_loop, clash, disk());
+        assert!(matches!(err, Err(VirtioError::Bus { .. })), "{err:?}");
+        let next = MmioSlot::from_layout(1).unwrap();
+        attach_mmio_device(&vm, &mem, &mut bus, &mut event_loop, next, disk()).unwrap();
+
+        let tiny = MmioSlot {
+            len: 0x80,
+            ..MmioSlot::from_layout(2).unwrap()
+        };
+        let err = attach_mmio_device(&vm, &mem, &mut bus, &mut event_loop, tiny, disk());
+        assert!(matches!(err, Err(VirtioError::WindowTooSmall { .. })));
+    }
+
+    #[test]
+    fn rate_limit_allows_one_per_second() {
+        let last = AtomicU64::new(0);
+        assert!(log_slot_free(&last));
+        assert!(!log_slot_free(&last));
+    }
+}

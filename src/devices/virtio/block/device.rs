@@ -1,0 +1,368 @@
+//! The virtio-blk device model: features, config space, and request
+//! execution against a [`FileBackend`].
+
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use log::{debug, error};
+use virtio_queue::Queue;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, VolatileSlice};
+
+use super::features::{
+    VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX,
+    VIRTIO_BLK_F_SIZE_MAX, VIRTIO_BLK_F_WRITE_ZEROES,
+};
+use super::request::{self, GuestRange, Limits, Operation, Parsed};
+use super::request_status::{IOERR, OK};
+use super::{BlockConfig, BLOCK_DEVICE_ID, ID_BYTES, SECTOR_SIZE};
+use crate::backends::{FileBackend, FileBackendError};
+use crate::devices::virtio::features::{VIRTIO_F_INDIRECT_DESC, VIRTIO_F_RING_EVENT_IDX, VIRTIO_F_VERSION_1};
+use crate::devices::virtio::queue::{drain_queue, Chain, QueueError};
+use crate::devices::virtio::{read_config_bytes, Interrupt, VirtioDevice, VirtioError, INTERRUPT_VRING};
+use crate::vstate::memory::GuestMemoryMmap;
+
+/// Descriptors per queue.
+pub const QUEUE_SIZE: u16 = 256;
+/// Data segments per request (`seg_max`); with header and status a direct
+/// chain still fits the queue.
+pub const SEG_MAX: u32 = 128;
+/// Largest single data segment (`size_max`).
+pub const SIZE_MAX: u32 = 1 << 20;
+pub const MAX_DISCARD_SECTORS: u32 = 1 << 22;
+pub const MAX_DISCARD_SEGMENTS: u32 = 16;
+/// Smaller than discard: the fallback writes real zeroes, and a request
+/// holds up the event loop while it runs.
+pub const MAX_WRITE_ZEROES_SECTORS: u32 = 1 << 17;
+pub const MAX_WRITE_ZEROES_SEGMENTS: u32 = 16;
+/// Discard granularity hint: 4 KiB, the usual filesystem block.
+pub const DISCARD_SECTOR_ALIGNMENT: u32 = 8;
+/// `virtio_blk_config` up to and including `write_zeroes_may_unmap` and its
+/// padding; later fields belong to features we do not offer and read as 0.
+const CONFIG_LEN: usize = 60;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BlockError {
+    #[error(transparent)]
+    Backend(#[from] FileBackendError),
+    #[error(
+        "disk id {id:?} for {} is invalid: use at most 20 printable ASCII characters",
+        path.display()
+    )]
+    InvalidId { id: String, path: PathBuf },
+}
+
+struct Active {
+    mem: GuestMemoryMmap,
+    interrupt: Arc<dyn Interrupt>,
+}
+
+/// A virtio-blk device with one request queue.
+pub struct BlockDevice {
+    backend: FileBackend,
+    id: [u8; ID_BYTES],
+    features: u64,
+    config: [u8; CONFIG_LEN],
+    limits: Limits,
+    active: Option<Active>,
+}
+
+impl BlockDevice {
+    /// Opens the image named in `config`.
+    pub fn new(config: BlockConfig) -> Result<Self, BlockError> {
+        let backend = FileBackend::open(&config.path, config.read_only, config.cache, config.shared)?;
+        let id = match &config.id {
+            Some(id) => parse_id(id).ok_or_else(|| BlockError::InvalidId {
+                id: id.clone(),
+                path: config.path.clone(),
+            })?,
+            None => default_id(backend.identity()),
+        };
+        Ok(Self::with_backend(backend, id))
+    }
+
+    fn with_backend(backend: FileBackend, id: [u8; ID_BYTES]) -> Self {
+        let read_only = backend.is_read_only();
+        let mut features = [
+            VIRTIO_F_VERSION_1,
+            VIRTIO_F_RING_EVENT_IDX,
+            VIRTIO_F_INDIRECT_DESC,
+            VIRTIO_BLK_F_FLUSH,
+            VIRTIO_BLK_F_BLK_SIZE,
+            VIRTIO_BLK_F_SEG_MAX,
+            VIRTIO_BLK_F_SIZE_MAX,
+        ]
+        .iter()
+        .fold(0u64, |acc, bit| acc | 1 << bit);
+        // A read-only disk has nothing to discard or zero.
+        features |= if read_only {
+            1 << VIRTIO_BLK_F_RO
+        } else {
+            1 << VIRTIO_BLK_F_DISCARD | 1 << VIRTIO_BLK_F_WRITE_ZEROES
+        };
+        let limits = Limits {
+            capacity: backend.size(),
+            read_only,
+            // Header and status may share descriptors with data, or not.
+            max_descriptors: SEG_MAX as usize + 2,
+            max_data_len: u64::from(SEG_MAX) * u64::from(SIZE_MAX),
+            max_discard_sectors: MAX_DISCARD_SECTORS,
+            max_discard_segments: MAX_DISCARD_SEGMENTS,
+            max_write_zeroes_sectors: MAX_WRITE_ZEROES_SECTORS,
+            max_write_zeroes_segments: MAX_WRITE_ZEROES_SEGMENTS,
+        };
+        Self {
+            config: config_space(backend.size() / SECTOR_SIZE),
+            backend,
+            id,
+            features,
+            limits,
+            active: None,
+        }
+    }
+
+    /// Disk size in 512-byte sectors.
+    pub fn capacity_sectors(&self) -> u64 {
+        self.limits.capacity / SECTOR_SIZE
+    }
+
+    /// The GET_ID response: NUL-padded ASCII.
+    pub fn id(&self) -> &[u8; ID_BYTES] {
+        &self.id
+    }
+
+    pub fn is_read_only(&self) -> bool {
+        self.limits.read_only
+    }
+}
+
+impl VirtioDevice for BlockDevice {
+    fn device_type(&self) -> u32 {
+        BLOCK_DEVICE_ID
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[QUEUE_SIZE]
+    }
+
+    fn device_features(&self) -> u64 {
+        self.features
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        read_config_bytes(&self.config, offset, data);
+    }
+
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        // `writeback` is the only writable field, and needs CONFIG_WCE.
+        debug!(
+            "virtio-blk: ignoring {}-byte config write at {offset:#x}",
+            data.len()
+        );
+    }
+
+    fn activate(
+        &mut self,
+        _acked_features: u64,
+        mem: GuestMemoryMmap,
+        interrupt: Arc<dyn Interrupt>,
+    ) -> Result<(), VirtioError> {
+        self.active = Some(Active { mem, interrupt });
+        Ok(())
+    }
+
+    fn process_queue(&mut self, _index: usize, queue: &mut Queue) -> Result<(), QueueError> {
+        let Self {
+            backend,
+            id,
+            limits,
+            active,
+            ..
+        } = self;
+        let Some(active) = active.as_ref() else {
+            return Ok(());
+        };
+        let mem = &active.mem;
+        let notify = drain_queue(queue, mem, |chain| handle_chain(backend, id, limits, mem, chain))?;
+        if notify {
+            if let Err(e) = active.interrupt.trigger(INTERRUPT_VRING) {
+                error!("virtio-blk: cannot signal the guest: {e}");
+            }
+        }
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        self.active = None;
+    }
+}
+
+/// Parses and executes one request; returns the bytes written into the
+/// chain (data plus status), 0 if it could not be answered.
+fn handle_chain(
+    backend: &mut FileBackend,
+    id: &[u8; ID_BYTES],
+    limits: &Limits,
+    mem: &GuestMemoryMmap,
+    chain: Chain<'_>,
+) -> u32 {
+    match request::parse(chain, mem, limits) {
+        Parsed::Unanswerable(error) => {
+            warn_guest!("virtio-blk: returning a request unanswered: {error}");
+            0
+        }
+        Parsed::Invalid { error, status } => {
+            warn_guest!("virtio-blk: rejecting a request: {error}");
+            complete(mem, status, error.status(), 0)
+        }
+        Parsed::Valid { op, status } => {
+            let (code, written) = match execute(op, backend, id, mem) {
+                Ok(written) => (OK, written),
+                Err(e) => {
+                    warn_guest!("virtio-blk: I/O on {} failed: {e}", backend.path().display());
+                    (IOERR, 0)
+                }
+            };
+            complete(mem, status, code, written)
+        }
+    }
+}
+
+fn complete(mem: &GuestMemoryMmap, status: GuestAddress, code: u8, written: u32) -> u32 {
+    match mem.write_obj(code, status) {
+        Ok(()) => written.saturating_add(1),
+        // Checked during parsing; guest memory does not shrink.
+        Err(e) => {
+            error!("virtio-blk: cannot write request status: {e}");
+            written
+        }
+    }
+}
+
+/// Runs a validated request; returns how many data bytes reached the guest.
+fn execute(
+    op: Operation,
+    backend: &mut FileBackend,
+    id: &[u8; ID_BYTES],
+    mem: &GuestMemoryMmap,
+) -> io::Result<u32> {
+    match op {
+        Operation::Read { offset, data } => {
+            backend.read_at(offset, &guest_slices(mem, &data)?)?;
+            Ok(u32::try_from(request::total_len(&data)).unwrap_or(u32::MAX))
+        }
+        Operation::Write { offset, data } => {
+            backend.write_at(offset, &guest_slices(mem, &data)?)?;
+            Ok(0)
+        }
+        Operation::Flush => backend.flush().map(|()| 0),
+        Operation::GetId { data } => {
+            let written = request::write_ranges(mem, &data, id).map_err(io::Error::other)?;
+            Ok(written as u32)
+        }
+        Operation::Discard(extents) => {
+            for e in extents {
+                backend.discard(e.offset, e.len)?;
+            }
+            Ok(0)
+        }
+        Operation::WriteZeroes(extents) => {
+            for e in extents {
+                backend.write_zeroes(e.offset, e.len, e.unmap)?;
+            }
+            Ok(0)
+        }
+    }
+}
+
+/// Host views of guest ranges, split where guest memory regions end.
+fn guest_slices<'m>(mem: &'m GuestMemoryMmap, ranges: &[GuestRange]) -> io::Result<Vec<VolatileSlice<'m>>> {
+    let mut slices = Vec::with_capacity(ranges.len());
+    for range in ranges {
+        let len = usize::try_from(range.len).map_err(io::Error::other)?;
+        for slice in GuestMemoryBackend::get_slices(mem, range.addr, len) {
+            slices.push(slice.map_err(io::Error::other)?);
+        }
+    }
+    Ok(slices)
+}
+
+/// A user-supplied id: at most 20 printable ASCII bytes, NUL-padded.
+fn parse_id(id: &str) -> Option<[u8; ID_BYTES]> {
+    if id.len() > ID_BYTES || !id.bytes().all(|b| b.is_ascii_graphic() || b == b' ') {
+        return None;
+    }
+    let mut out = [0u8; ID_BYTES];
+    out[..id.len()].copy_from_slice(id.as_bytes());
+    Some(out)
+}
+
+/// Derived from the image's device and inode: stable for the same file,
+/// distinct between files. Keeps the (more distinctive) end if too long.
+fn default_id((dev, ino): (u64, u64)) -> [u8; ID_BYTES] {
+    let text = format!("{dev:x}-{ino:x}");
+    let bytes = text.as_bytes();
+    let tail = &bytes[bytes.len().saturating_sub(ID_BYTES)..];
+    let mut out = [0u8; ID_BYTES];
+    out[..tail.len()].copy_from_slice(tail);
+    out
+}
+
+/// `virtio_blk_config` (§5.2.4), little-endian.
+fn config_space(capacity_sectors: u64) -> [u8; CONFIG_LEN] {
+    let mut config = [0u8; CONFIG_LEN];
+    let mut put = |offset: usize, bytes: &[u8]| {
+        config[offset..offset + bytes.len()].copy_from_slice(bytes);
+    };
+    put(0, &capacity_sectors.to_le_bytes());
+    put(8, &SIZE_MAX.to_le_bytes());
+    put(12, &SEG_MAX.to_le_bytes());
+    // 16: geometry, not offered.
+    put(20, &(SECTOR_SIZE as u32).to_le_bytes());
+    // 24: topology; 32: writeback, unused0, num_queues: not offered.
+    put(36, &MAX_DISCARD_SECTORS.to_le_bytes());
+    put(40, &MAX_DISCARD_SEGMENTS.to_le_bytes());
+    put(44, &DISCARD_SECTOR_ALIGNMENT.to_le_bytes());
+    put(48, &MAX_WRITE_ZEROES_SECTORS.to_le_bytes());
+    put(52, &MAX_WRITE_ZEROES_SEGMENTS.to_le_bytes());
+    // write_zeroes_may_unmap: with the unmap flag we punch holes.
+    put(56, &[1]);
+    config
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_short_printable_ascii() {
+        let id = parse_id("disk-1 root").unwrap();
+        assert_eq!(&id[..11], b"disk-1 root");
+        assert!(id[11..].iter().all(|&b| b == 0));
+        assert_eq!(parse_id("a".repeat(20).as_str()).unwrap(), [b'a'; 20]);
+        assert!(parse_id(&"a".repeat(21)).is_none());
+        assert!(parse_id("tab\there").is_none());
+        assert!(parse_id("caf\u{e9}").is_none());
+    }
+
+    #[test]
+    fn default_id_keeps_the_distinctive_end() {
+        assert_eq!(&default_id((0x803, 0x1f))[..8], b"803-1f\0\0");
+        let long = default_id((u64::MAX, 0x1234_5678_9abc_def0));
+        assert_eq!(&long, b"fff-123456789abcdef0");
+    }
+
+    #[test]
+    fn config_space_layout() {
+        let c = config_space(0x1234);
+        assert_eq!(c[0..8], 0x1234u64.to_le_bytes());
+        assert_eq!(c[8..12], SIZE_MAX.to_le_bytes());
+        assert_eq!(c[12..16], SEG_MAX.to_le_bytes());
+        assert_eq!(c[20..24], 512u32.to_le_bytes());
+        assert_eq!(c[36..40], MAX_DISCARD_SECTORS.to_le_bytes());
+        assert_eq!(c[44..48], DISCARD_SECTOR_ALIGNMENT.to_le_bytes());
+        assert_eq!(c[48..52], MAX_WRITE_ZEROES_SECTORS.to_le_bytes());
+        assert_eq!(c[56], 1);
+        assert_eq!(c[57..60], [0, 0, 0]);
+    }
+}
