@@ -38,8 +38,31 @@ fn guest_artifacts() -> HashMap<String, PathBuf> {
         .collect()
 }
 
+/// An ext4 root image with the guest scripts of tests/e2e/guest.
+fn test_rootfs() -> PathBuf {
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("e2e-rootfs.ext4");
+    let guest_scripts = repo().join("tests/e2e/guest");
+    let ok = Command::new("bash")
+        .arg(repo().join("resources/build-rootfs.sh"))
+        .arg(&out)
+        .args(["--size", "128", "--add"])
+        .arg(format!("{}:/kiln/run", guest_scripts.display()))
+        .stderr(Stdio::inherit())
+        .status()
+        .expect("run resources/build-rootfs.sh")
+        .success();
+    assert!(ok, "building the test rootfs failed (see above)");
+    out
+}
+
+/// What runs inside the nested host.
+const NESTED_COMMAND: &str = "mkdir -p /scratch && mount -t tmpfs -o size=1536m tmpfs /scratch && \
+    KILN=/work/kiln KERNEL=/work/vmlinux BZIMAGE=/work/bzImage INITRD=/work/initramfs.cpio.gz \
+    ROOTFS=/work/rootfs.ext4 SCRATCH=/scratch sh /work/suite.sh";
+
 fn run_suite() -> Suite {
     let a = guest_artifacts();
+    let rootfs = test_rootfs();
     let kiln = env!("CARGO_BIN_EXE_kiln");
     let suite = repo().join("tests/e2e/suite.sh");
     let nested_host = repo().join("tools/nested-host");
@@ -57,6 +80,8 @@ fn run_suite() -> Suite {
             .env("KERNEL", &a["KERNEL"])
             .env("BZIMAGE", &a["BZIMAGE"])
             .env("INITRD", &a["INITRD"])
+            .env("ROOTFS", &rootfs)
+            .env("SCRATCH", Path::new(env!("CARGO_TARGET_TMPDIR")))
             .env("OUT", out_dir)
             .stderr(Stdio::inherit())
             .output()
@@ -72,15 +97,19 @@ fn run_suite() -> Suite {
             .arg("--file")
             .arg(file(&a["INITRD"], "initramfs.cpio.gz"))
             .arg("--file")
+            .arg(file(&rootfs, "rootfs.ext4"))
+            .arg("--file")
             .arg(file(&suite, "suite.sh"))
             .args([
-                "--",
-                "env",
-                "KILN=/work/kiln",
-                "KERNEL=/work/vmlinux",
-                "BZIMAGE=/work/bzImage",
+                "--keep-libs-of",
+                "mkfs.ext4",
+                "--keep-libs-of",
+                "e2fsck",
+                "--keep-libs-of",
+                "debugfs",
             ])
-            .args(["INITRD=/work/initramfs.cpio.gz", "sh", "/work/suite.sh"])
+            // A tmpfs scratch area: sparse images and hole punching work there.
+            .args(["--", "sh", "-c", NESTED_COMMAND])
             .stderr(Stdio::inherit())
             .output()
     }
@@ -140,4 +169,24 @@ fn guest_panic_exits_nonzero_with_one_line() {
 #[test]
 fn no_acpi_boots_with_mp_table_and_reboots() {
     check("no-acpi");
+}
+
+#[test]
+fn ext4_root_disk_keeps_32_mib_written_and_synced() {
+    check("disk-write");
+}
+
+#[test]
+fn sigkill_after_guest_sync_loses_nothing() {
+    check("disk-sigkill");
+}
+
+#[test]
+fn read_only_disk_gives_erofs_and_stays_unchanged() {
+    check("disk-readonly");
+}
+
+#[test]
+fn discard_in_the_guest_punches_holes_in_the_image() {
+    check("disk-discard");
 }

@@ -3,9 +3,12 @@
 # can run them (hardware VT-x/AMD-V, or kvm-amd inside tools/nested-host).
 # POSIX sh: it runs under busybox in the nested host.
 #
-# Environment: KILN (binary), KERNEL (vmlinux, PVH), BZIMAGE, INITRD, and
-# optionally OUT (directory for per-scenario logs, default /out) and
-# ONLY (space-separated scenario names to run).
+# Environment: KILN (binary), KERNEL (vmlinux, PVH), BZIMAGE, INITRD,
+# ROOTFS (ext4 root image holding the scripts of tests/e2e/guest under
+# /kiln/run), and optionally OUT (per-scenario logs, default /out),
+# SCRATCH (where disk images are made: a tmpfs or ext4, default /tmp) and
+# ONLY (space-separated scenario names to run). Needs mkfs.ext4, e2fsck
+# and debugfs for the disk scenarios.
 # Prints one line per scenario: E2E-RESULT <name> PASS|FAIL <detail>
 # and E2E-TIME <name> <seconds to KILN-GUEST-READY> <seconds total>.
 
@@ -88,5 +91,103 @@ if wanted no-acpi; then
   run_kiln no-acpi --kernel "$KERNEL" --initrd "$INITRD" --no-acpi --cpus 2 --cmdline "$BASE kiln.halt=reboot"
   if [ "$status" = 0 ] && has no-acpi 'KILN-INFO cpus=2 '; then pass no-acpi "rebooted, 2 CPUs"
   else fail no-acpi "status=$status"; fi
+fi
+SCRATCH=${SCRATCH:-/tmp}
+# Allocated KiB of a (sparse) file.
+allocated_kib() { du -k "$1" | cut -f1; }
+# start_kiln NAME ARGS...: kiln in the background, console to $OUT/NAME.log.
+start_kiln() {
+  name=$1; shift
+  "$KILN" boot "$@" </dev/null >"$OUT/$name.log" 2>"$OUT/$name.err" &
+  kpid=$!
+}
+# wait_for NAME PATTERN SECS: until PATTERN shows in the log (0) or timeout (1).
+wait_for() {
+  i=0
+  while [ "$i" -lt "$(($3 * 5))" ]; do
+    grep -q -- "$2" "$OUT/$1.log" && return 0
+    kill -0 "$kpid" 2>/dev/null || { grep -q -- "$2" "$OUT/$1.log"; return $?; }
+    sleep 0.2; i=$((i + 1))
+  done
+  return 1
+}
+# A small ext4 data disk with one file, made on the host side.
+make_data_disk() {
+  rm -rf "$SCRATCH/tree" && mkdir -p "$SCRATCH/tree" && echo "kiln read-only data" >"$SCRATCH/tree/hello.txt"
+  rm -f "$1" && mkfs.ext4 -q -F -E nodiscard -d "$SCRATCH/tree" "$1" "$2" >/dev/null
+}
+sum() { sha256sum "$1" | cut -d' ' -f1; }
+
+# 6. An ext4 root disk found through ACPI: the guest writes 32 MiB, syncs and
+#    powers off; the file reads back intact from the host and fsck is clean.
+if wanted disk-write; then
+  img=$SCRATCH/root-write.ext4
+  cp "$ROOTFS" "$img"
+  run_kiln disk-write --kernel "$KERNEL" --disk "path=$img,root" --cmdline "$BASE kiln.run=write32"
+  want=$(yes KILN-DATA-0123456789 | head -c 33554432 | sha256sum | cut -d' ' -f1)
+  debugfs -R "dump /data.bin $SCRATCH/data.bin" "$img" >/dev/null 2>&1
+  got=$( [ -f "$SCRATCH/data.bin" ] && sum "$SCRATCH/data.bin")
+  fsck=$(e2fsck -fn "$img" >"$OUT/disk-write.fsck" 2>&1; echo $?)
+  if [ "$status" != 0 ]; then fail disk-write "status=$status"
+  elif ! has disk-write "KILN-WROTE $want"; then fail disk-write "guest did not write the expected file"
+  elif [ "$got" != "$want" ]; then fail disk-write "host reads back $got, want $want"
+  elif [ "$fsck" != 0 ]; then fail disk-write "e2fsck -fn exit $fsck: $(tail -n 3 "$OUT/disk-write.fsck")"
+  else pass disk-write "32 MiB intact, e2fsck clean"; fi
+  rm -f "$img" "$SCRATCH/data.bin"
+fi
+
+# 7. SIGKILL after the guest's sync loses nothing that was synced.
+if wanted disk-sigkill; then
+  img=$SCRATCH/root-kill.ext4
+  cp "$ROOTFS" "$img"
+  start_kiln disk-sigkill --kernel "$KERNEL" --disk "path=$img,root" --cmdline "$BASE kiln.run=sync-then-hang"
+  if wait_for disk-sigkill KILN-SYNCED "$GUEST_TIMEOUT"; then synced=yes; else synced=no; fi
+  kill -9 "$kpid" 2>/dev/null; wait "$kpid" 2>/dev/null
+  # Replay the journal as the next boot would, then read the file.
+  e2fsck -fy "$img" >"$OUT/disk-sigkill.fsck" 2>&1; replay=$?
+  want=$(yes KILN-SYNCED-DATA | head -c 8388608 | sha256sum | cut -d' ' -f1)
+  debugfs -R "dump /synced.bin $SCRATCH/synced.bin" "$img" >/dev/null 2>&1
+  got=$( [ -f "$SCRATCH/synced.bin" ] && sum "$SCRATCH/synced.bin")
+  clean=$(e2fsck -fn "$img" >/dev/null 2>&1; echo $?)
+  if [ "$synced" != yes ]; then fail disk-sigkill "guest never reported the sync"
+  elif [ "$replay" -gt 1 ] || [ "$clean" != 0 ]; then fail disk-sigkill "fsck after kill: replay=$replay clean=$clean"
+  elif [ "$got" != "$want" ]; then fail disk-sigkill "synced file lost or damaged: $got"
+  else pass disk-sigkill "synced 8 MiB survived SIGKILL (fsck replay exit $replay)"; fi
+  rm -f "$img" "$SCRATCH/synced.bin"
+fi
+
+# 8. A read-only disk, found through the command line (--no-acpi): writes
+#    fail, the image is bit-for-bit and timestamp unchanged.
+if wanted disk-readonly; then
+  img=$SCRATCH/data-ro.ext4
+  make_data_disk "$img" 16M
+  before=$(sum "$img"); mtime=$(stat -c %Y "$img")
+  cp "$ROOTFS" "$SCRATCH/root-ro.ext4"
+  run_kiln disk-readonly --kernel "$KERNEL" --no-acpi --disk "path=$SCRATCH/root-ro.ext4,root" \
+    --disk "path=$img,readonly" --cmdline "$BASE kiln.run=readonly kiln.halt=reboot"
+  if [ "$status" != 0 ]; then fail disk-readonly "status=$status"
+  elif ! has disk-readonly 'KILN-RO-CONTENT kiln read-only data'; then fail disk-readonly "could not read the disk"
+  elif ! has disk-readonly 'KILN-RO-TOUCH .*Read-only file system'; then fail disk-readonly "write did not fail with EROFS"
+  elif has disk-readonly 'KILN-RO-DD 0'; then fail disk-readonly "raw write to the device succeeded"
+  elif [ "$(sum "$img")" != "$before" ] || [ "$(stat -c %Y "$img")" != "$mtime" ]; then fail disk-readonly "image changed"
+  else pass disk-readonly "EROFS in the guest, image unchanged"; fi
+  rm -f "$img" "$SCRATCH/root-ro.ext4"
+fi
+
+# 9. Discard: deleting a file and fstrim punch holes in the image.
+if wanted disk-discard; then
+  img=$SCRATCH/data-discard.ext4
+  make_data_disk "$img" 64M
+  cp "$ROOTFS" "$SCRATCH/root-discard.ext4"
+  start_kiln disk-discard --kernel "$KERNEL" --disk "path=$SCRATCH/root-discard.ext4,root" \
+    --disk "path=$img" --cmdline "$BASE kiln.run=discard"
+  full=-; trimmed=-
+  if wait_for disk-discard KILN-PHASE1 "$GUEST_TIMEOUT"; then full=$(allocated_kib "$img"); fi
+  wait "$kpid"; status=$?
+  trimmed=$(allocated_kib "$img")
+  if [ "$status" != 0 ] || [ "$full" = - ]; then fail disk-discard "status=$status full=$full"
+  elif [ "$((full - trimmed))" -lt 8192 ]; then fail disk-discard "allocated ${full} KiB -> ${trimmed} KiB"
+  else pass disk-discard "allocated ${full} KiB -> ${trimmed} KiB"; fi
+  rm -f "$img" "$SCRATCH/root-discard.ext4"
 fi
 echo "E2E-DONE"
