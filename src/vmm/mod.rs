@@ -3,8 +3,10 @@
 
 mod builder;
 mod signals;
+mod teardown;
 
 use std::io::Write;
+use std::os::fd::AsRawFd;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
@@ -51,6 +53,9 @@ pub struct ConsoleIo {
     pub raw_terminal: bool,
     /// Stop cleanly on SIGTERM/SIGINT (blocks them in this thread).
     pub handle_signals: bool,
+    /// Return without waiting for the kernel to destroy the VM (see
+    /// `teardown.rs`). Only for a process that exits right after.
+    pub detach_teardown: bool,
 }
 
 impl ConsoleIo {
@@ -61,6 +66,7 @@ impl ConsoleIo {
             input: Some(Box::new(std::io::stdin())),
             raw_terminal: true,
             handle_signals: true,
+            detach_teardown: true,
         }
     }
 }
@@ -84,6 +90,7 @@ pub fn run_vm(config: &VmConfig, io: ConsoleIo) -> Result<ExitReason, VmmError> 
         input,
         raw_terminal,
         handle_signals,
+        detach_teardown,
     } = io;
     // Signals must be blocked before any thread starts, so that every
     // thread inherits the mask and only the signalfd sees them.
@@ -126,6 +133,11 @@ pub fn run_vm(config: &VmConfig, io: ConsoleIo) -> Result<ExitReason, VmmError> 
     }
     // The event loop (and the devices it holds) go before guest memory.
     drop(event_loop);
+    if detach_teardown {
+        if let Err(e) = teardown::detach_vm_teardown(vm.vm_fd.as_raw_fd()) {
+            log::debug!("VM teardown stays synchronous: {e}");
+        }
+    }
     drop(vm.vm_fd);
     drop(vm.memory);
     result?;
