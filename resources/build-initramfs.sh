@@ -140,6 +140,7 @@ if [[ ! -f $dir/initramfs.cpio.gz ]]; then
   rm -rf "$idir/.tmp-$key".*
   tmpd=$(mktemp -d "$idir/.tmp-$key.XXXXXX")
   build_to "$tmpd/initramfs.cpio.gz"
+  chmod 0755 "$tmpd" # mktemp made it 0700
   # Atomic publish of the whole directory.
   mv -T "$tmpd" "$dir"
 fi

@@ -46,13 +46,18 @@ populate_tree() {
   # `busybox --list-full` names each applet's usual place (bin/sh,
   # sbin/poweroff, usr/bin/base64, ...). Doing this on the host rather than
   # `busybox --install -s` in the guest keeps the tree fixed and the boot fast.
+  local -a applets=() dirs=()
   while IFS= read -r path; do
     case $path in
-      ''|linuxrc|bin/busybox) continue ;;
+      ''|linuxrc|bin/busybox) ;;
+      */*) applets+=("$root/$path"); dirs+=("$root/${path%/*}") ;;
     esac
-    mkdir -p "$root/$(dirname "$path")"
-    ln -sfn /bin/busybox "$root/$path"
   done < <("$busybox" --list-full)
+  mkdir -p "${dirs[@]}"
+  # One ln per applet, but no other forks in the loop: ~300 applets.
+  for path in "${applets[@]}"; do
+    ln -sfn /bin/busybox "$path"
+  done
 
   install -m 0755 "$kiln_init" "$root/init"
   # Boots with init=/sbin/init (or a kernel default) still get kiln's init,

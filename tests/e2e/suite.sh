@@ -15,7 +15,7 @@
 set -u
 OUT=${OUT:-/out}
 mkdir -p "$OUT"
-BASE="console=ttyS0 reboot=k panic=1 i8042.noaux i8042.nomux i8042.dumbkbd quiet"
+BASE="console=ttyS0 reboot=k panic=1 pci=off i8042.noaux i8042.nomux i8042.dumbkbd quiet"
 GUEST_TIMEOUT=${GUEST_TIMEOUT:-240}
 
 now() { cut -d' ' -f1 /proc/uptime; }

@@ -4,7 +4,7 @@
 set -u
 img=$SCRATCH/bench.img
 size=${SIZE_MB:-256}
-base="console=ttyS0 reboot=k panic=1 quiet"
+base="console=ttyS0 reboot=k panic=1 pci=off quiet"
 mbps() { sed -n 's/.*copied, \([0-9.]*\) seconds.*/\1/p' | awk -v mb="$size" '{ if ($1 > 0) printf "%.1f", mb / $1 }'; }
 
 # Host: write, read, random reads on the image file.
