@@ -61,7 +61,7 @@ fi
 if wanted cpus-memory-cmdline; then
   run_kiln cpus-memory-cmdline --kernel "$KERNEL" --initrd "$INITRD" --cpus 2 --memory 256 \
     --cmdline "$BASE kiln.marker=e2e-7f3a"
-  info=$(grep -m1 'KILN-INFO' "$OUT/cpus-memory-cmdline.log")
+  info=$(grep -m1 'KILN-INFO' "$OUT/cpus-memory-cmdline.log" | cut -d' ' -f2-)
   mem=$(echo "$info" | sed -n 's/.*memtotal_kb=\([0-9]*\).*/\1/p')
   if [ "$status" != 0 ]; then fail cpus-memory-cmdline "status=$status"
   elif ! echo "$info" | grep -q 'cpus=2 '; then fail cpus-memory-cmdline "want cpus=2: $info"
