@@ -12,7 +12,8 @@ use crate::devices::virtio::block::BlockConfig;
 /// Command line used when the user gives none: serial console, reboot
 /// through the i8042 so a guest `reboot` ends kiln, and a panic reboots
 /// after 1 s instead of hanging.
-pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=1 pci=off i8042.noaux i8042.nomux i8042.dumbkbd";
+pub const DEFAULT_CMDLINE: &str =
+    "console=ttyS0 reboot=k panic=1 pci=off i8042.noaux i8042.nomux i8042.dumbkbd";
 pub const DEFAULT_CPUS: u8 = 1;
 pub const DEFAULT_MEMORY_MIB: u64 = 128;
 /// Below this a Linux kernel cannot even decompress; tiny guests fit easily.

@@ -341,3 +341,66 @@ fn acpi_rsdp_is_passed_unless_no_acpi() {
         out.stderr
     );
 }
+
+/// Echoes COM1 input back, upper-cased, until a newline, then resets.
+const ECHO_GUEST: &str = r#"
+    .code64
+    .globl _start
+_start:
+    mov $0x3f8, %dx
+wait:
+    add $5, %dx            # LSR
+    in %dx, %al
+    sub $5, %dx
+    test $1, %al           # data ready
+    jz wait
+    in %dx, %al
+    cmp $'a', %al
+    jb 1f
+    cmp $'z', %al
+    ja 1f
+    sub $32, %al
+1:  out %al, %dx
+    cmp $'\n', %al
+    jne wait
+    mov $0xfe, %al
+    out %al, $0x64
+    hlt
+"#;
+
+#[test]
+fn host_input_reaches_the_guest_without_loss() {
+    use std::io::Write;
+    let dir = scratch("echo");
+    let guest = assemble(&dir, "echo", ECHO_GUEST);
+    let mut child = std::process::Command::new(common::kiln())
+        .args(["boot", "--kernel", guest.to_str().unwrap(), "--memory", "64"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // More than the UART's 64-byte FIFO at once: the rest must wait, not drop.
+    let text = "the quick brown fox jumps over the lazy dog ".repeat(8);
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(text.as_bytes()).unwrap();
+    stdin.write_all(b"\n").unwrap();
+    // A lost byte would leave the guest waiting forever: bound the wait.
+    let pid = child.id() as i32;
+    std::thread::spawn(move || {
+        std::thread::sleep(TIMEOUT);
+        // SAFETY: kill(2); at worst the pid is already gone.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    });
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("{}\n", text.to_uppercase())
+    );
+}

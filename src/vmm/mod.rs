@@ -6,7 +6,7 @@ mod signals;
 mod teardown;
 
 use std::io::Write;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
@@ -61,9 +61,17 @@ pub struct ConsoleIo {
 impl ConsoleIo {
     /// The terminal: stdin in, stdout out, raw mode, signals handled.
     pub fn stdio() -> Self {
+        // std's Stdin buffers: it would swallow input that epoll then
+        // never reports again. A File on the same descriptor reads exactly
+        // what is asked.
+        let input = std::io::stdin()
+            .as_fd()
+            .try_clone_to_owned()
+            .ok()
+            .map(|fd| Box::new(std::fs::File::from(fd)) as Box<dyn ConsoleInput>);
         Self {
             output: Box::new(std::io::stdout()),
-            input: Some(Box::new(std::io::stdin())),
+            input,
             raw_terminal: true,
             handle_signals: true,
             detach_teardown: true,

@@ -129,10 +129,12 @@ if wanted disk-write; then
   got=$( [ -f "$SCRATCH/data.bin" ] && sum "$SCRATCH/data.bin")
   fsck=$(e2fsck -fn "$img" >"$OUT/disk-write.fsck" 2>&1; echo $?)
   if [ "$status" != 0 ]; then fail disk-write "status=$status"
+  # With ACPI on, kiln lists disks only in the DSDT: no virtio_mmio.device=.
+  elif has disk-write 'KILN-CMDLINE .*virtio_mmio.device='; then fail disk-write "disk was on the command line, not found via ACPI"
   elif ! has disk-write "KILN-WROTE $want"; then fail disk-write "guest did not write the expected file"
   elif [ "$got" != "$want" ]; then fail disk-write "host reads back $got, want $want"
   elif [ "$fsck" != 0 ]; then fail disk-write "e2fsck -fn exit $fsck: $(tail -n 3 "$OUT/disk-write.fsck")"
-  else pass disk-write "32 MiB intact, e2fsck clean"; fi
+  else pass disk-write "found via ACPI, 32 MiB intact, e2fsck clean"; fi
   rm -f "$img" "$SCRATCH/data.bin"
 fi
 
@@ -166,11 +168,12 @@ if wanted disk-readonly; then
   run_kiln disk-readonly --kernel "$KERNEL" --no-acpi --disk "path=$SCRATCH/root-ro.ext4,root" \
     --disk "path=$img,readonly" --cmdline "$BASE kiln.run=readonly kiln.halt=reboot"
   if [ "$status" != 0 ]; then fail disk-readonly "status=$status"
+  elif ! has disk-readonly 'KILN-CMDLINE .*virtio_mmio.device=4K@0xd0001000:6'; then fail disk-readonly "disks not on the command line"
   elif ! has disk-readonly 'KILN-RO-CONTENT kiln read-only data'; then fail disk-readonly "could not read the disk"
   elif ! has disk-readonly 'KILN-RO-TOUCH .*Read-only file system'; then fail disk-readonly "write did not fail with EROFS"
   elif has disk-readonly 'KILN-RO-DD 0'; then fail disk-readonly "raw write to the device succeeded"
   elif [ "$(sum "$img")" != "$before" ] || [ "$(stat -c %Y "$img")" != "$mtime" ]; then fail disk-readonly "image changed"
-  else pass disk-readonly "EROFS in the guest, image unchanged"; fi
+  else pass disk-readonly "found via the command line, EROFS in the guest, image unchanged"; fi
   rm -f "$img" "$SCRATCH/root-ro.ext4"
 fi
 
