@@ -404,3 +404,38 @@ fn host_input_reaches_the_guest_without_loss() {
         format!("{}\n", text.to_uppercase())
     );
 }
+
+#[test]
+fn a_prompt_without_newline_shows_while_the_guest_runs() {
+    use std::io::Read;
+    let dir = scratch("prompt");
+    let src = format!(
+        ".code64\n.globl _start\n_start:\n    lea msg(%rip), %rsi\n    call puts\n1:  jmp 1b\n{PUTS}msg: .asciz \"login: \"\n"
+    );
+    let guest = assemble(&dir, "prompt", &src);
+    let mut child = std::process::Command::new(common::kiln())
+        .args(["boot", "--kernel", guest.to_str().unwrap(), "--memory", "64"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 64];
+        while !got.ends_with(b"login: ") {
+            match stdout.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+        got
+    });
+    let start = std::time::Instant::now();
+    while !reader.is_finished() && start.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(reader.join().unwrap(), b"login: ", "the prompt was held back");
+}

@@ -24,7 +24,7 @@ use crate::devices::bus::{Bus, BusDevice};
 use crate::devices::legacy::acpi_pm::AcpiPmDevice;
 use crate::devices::legacy::i8042::I8042Device;
 use crate::devices::legacy::pvpanic::PvPanicDevice;
-use crate::devices::legacy::serial::{SerialDevice, SerialInput};
+use crate::devices::legacy::serial::{SerialDevice, SerialHandler};
 use crate::devices::virtio::block::BlockDevice;
 use crate::devices::virtio::block::BlockError;
 use crate::devices::virtio::{attach_mmio_device, MmioSlot, VirtioError};
@@ -204,10 +204,8 @@ fn legacy_devices(
     let (serial, drained) = SerialDevice::new(irq, output).map_err(BuildError::Setup)?;
     let serial = Arc::new(Mutex::new(serial));
     pio.insert(u64::from(layout::COM1_PORT), 8, serial.clone())?;
-    if let Some(input) = input {
-        let sub = SerialInput::new(serial, input, drained);
-        event_loop.add_subscriber(Arc::new(Mutex::new(sub)) as Arc<Mutex<dyn MutEventSubscriber + Send>>);
-    }
+    let handler = SerialHandler::new(serial, input, drained);
+    event_loop.add_subscriber(Arc::new(Mutex::new(handler)) as Arc<Mutex<dyn MutEventSubscriber + Send>>);
     let devices: [(u16, u64, SharedDevice); 3] = [
         (
             layout::I8042_PORT,

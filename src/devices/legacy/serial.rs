@@ -12,6 +12,7 @@ use vm_superio::{Serial, Trigger};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use super::console_output::ConsoleOutput;
 use crate::devices::bus::BusDevice;
 
 /// An interrupt line backed by an event fd (a KVM irqfd).
@@ -38,7 +39,7 @@ impl SerialEvents for InputDrained {
     }
 }
 
-type Uart = Serial<EventFdTrigger, InputDrained, Box<dyn Write + Send>>;
+type Uart = Serial<EventFdTrigger, InputDrained, ConsoleOutput>;
 
 /// The UART as seen from the port bus.
 pub struct SerialDevice {
@@ -50,8 +51,19 @@ impl SerialDevice {
     /// Returns the device and the fd that fires when input room frees up.
     pub fn new(irq: EventFd, out: Box<dyn Write + Send>) -> io::Result<(Self, EventFd)> {
         let drained = EventFd::new(EFD_NONBLOCK)?;
+        let out = ConsoleOutput::new(out)?;
         let uart = Serial::with_events(EventFdTrigger(irq), InputDrained(drained.try_clone()?), out);
         Ok((Self { uart }, drained))
+    }
+
+    /// The timer that fires when held-back output should be flushed.
+    pub fn output_timer_fd(&self) -> RawFd {
+        self.uart.writer().timer_fd()
+    }
+
+    /// Writes out any partial line still held back.
+    pub fn flush_output(&mut self) {
+        self.uart.writer_mut().flush_pending();
     }
 
     /// Queues host input for the guest; returns how many bytes fitted.
@@ -84,14 +96,35 @@ impl BusDevice for SerialDevice {
     }
 }
 
+fn lock(serial: &Mutex<SerialDevice>) -> std::sync::MutexGuard<'_, SerialDevice> {
+    serial.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Stands in for absent host input; never watched.
+struct NoInput;
+
+impl Read for NoInput {
+    fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+        Ok(0)
+    }
+}
+
+impl AsRawFd for NoInput {
+    fn as_raw_fd(&self) -> RawFd {
+        -1
+    }
+}
+
 /// Something the guest console can read host input from.
 pub trait ConsoleInput: Read + AsRawFd + Send {}
 impl<T: Read + AsRawFd + Send> ConsoleInput for T {}
 
-/// Reads host input (normally stdin) and feeds it to the UART, holding
-/// back what does not fit until the guest drains the FIFO.
-pub struct SerialInput {
+/// The UART's event-loop side: flushes held-back output when its timer
+/// fires, and reads host input (normally stdin) into the UART, holding back
+/// what does not fit until the guest drains the FIFO.
+pub struct SerialHandler {
     serial: Arc<Mutex<SerialDevice>>,
+    output_timer: RawFd,
     input: Box<dyn ConsoleInput>,
     drained: EventFd,
     pending: VecDeque<u8>,
@@ -99,14 +132,22 @@ pub struct SerialInput {
     watching_input: bool,
 }
 
-impl SerialInput {
-    pub fn new(serial: Arc<Mutex<SerialDevice>>, input: Box<dyn ConsoleInput>, drained: EventFd) -> Self {
+impl SerialHandler {
+    /// `input` of None means the guest gets no host input.
+    pub fn new(
+        serial: Arc<Mutex<SerialDevice>>,
+        input: Option<Box<dyn ConsoleInput>>,
+        drained: EventFd,
+    ) -> Self {
+        let output_timer = lock(&serial).output_timer_fd();
+        let input_open = input.is_some();
         Self {
             serial,
-            input,
+            output_timer,
+            input: input.unwrap_or_else(|| Box::new(NoInput)),
             drained,
             pending: VecDeque::new(),
-            input_open: true,
+            input_open,
             watching_input: false,
         }
     }
@@ -115,7 +156,7 @@ impl SerialInput {
         if self.pending.is_empty() {
             return;
         }
-        let mut dev = self.serial.lock().unwrap_or_else(|p| p.into_inner());
+        let mut dev = lock(&self.serial);
         let (front, _) = self.pending.as_slices();
         let sent = dev.enqueue_input(front);
         drop(dev);
@@ -163,8 +204,12 @@ impl SerialInput {
     }
 }
 
-impl MutEventSubscriber for SerialInput {
+impl MutEventSubscriber for SerialHandler {
     fn process(&mut self, events: Events, ops: &mut EventOps) {
+        if events.fd() == self.output_timer {
+            lock(&self.serial).flush_output();
+            return;
+        }
         if events.fd() == self.drained.as_raw_fd() {
             let _ = self.drained.read();
         } else if events.fd() == self.input_fd() {
@@ -180,6 +225,9 @@ impl MutEventSubscriber for SerialInput {
     }
 
     fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new_raw(self.output_timer, EventSet::IN)) {
+            log::warn!("serial: cannot watch the output timer: {e}");
+        }
         if let Err(e) = ops.add(Events::new(&self.drained, EventSet::IN)) {
             log::warn!("serial: cannot watch the input-drained event: {e}");
         }
@@ -237,7 +285,7 @@ mod tests {
         let dev = Arc::new(Mutex::new(dev));
         let (reader, mut writer) = std::os::unix::net::UnixStream::pair().unwrap();
         let drained = EventFd::new(EFD_NONBLOCK).unwrap();
-        let mut input = SerialInput::new(dev.clone(), Box::new(reader), drained);
+        let mut input = SerialHandler::new(dev.clone(), Some(Box::new(reader)), drained);
         let big = vec![b'x'; 200];
         writer.write_all(&big).unwrap();
         for _ in 0..4 {
