@@ -5,30 +5,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{assemble, run_kiln, scratch};
+use common::{assemble, boot, run_kiln, scratch, PUTS, RESET};
 
 const TIMEOUT: Duration = Duration::from_secs(20);
-
-/// Prints a NUL-terminated string at %rsi to COM1; clobbers %al, %dx.
-const PUTS: &str = r#"
-puts:
-    mov $0x3f8, %dx
-1:  lodsb
-    test %al, %al
-    jz 2f
-    out %al, %dx
-    jmp 1b
-2:  ret
-"#;
-
-/// Resets through the i8042 CPU-reset pulse.
-const RESET: &str = "    mov $0xfe, %al\n    out %al, $0x64\n    hlt\n";
-
-fn boot(guest: &std::path::Path, extra: &[&str]) -> common::Outcome {
-    let mut args = vec!["boot", "--kernel", guest.to_str().unwrap(), "--memory", "64"];
-    args.extend_from_slice(extra);
-    run_kiln(&args, TIMEOUT)
-}
 
 #[test]
 fn prints_through_the_uart_and_resets_with_status_zero() {

@@ -7,11 +7,11 @@ mod common;
 
 use std::time::Duration;
 
-use common::{assemble, run_kiln, scratch};
+use common::{assemble, boot, run_kiln, scratch, PUTS};
 
 const TIMEOUT: Duration = Duration::from_secs(20);
 
-const DRIVER: &str = r#"
+const DRIVER_CODE: &str = r#"
     .code64
     .globl _start
     .set BASE, 0xd0000000
@@ -99,15 +99,6 @@ digit:
     out %al, %dx
     ret
 
-puts:
-    mov $0x3f8, %dx
-1:  lodsb
-    test %al, %al
-    jz 2f
-    out %al, %dx
-    jmp 1b
-2:  ret
-
     .data
     .balign 4096
 desc:                            # addr, len, flags (1 NEXT, 2 WRITE), next
@@ -161,6 +152,14 @@ st2: .byte 9
 failmsg: .asciz "FAIL\n"
 "#;
 
+/// The driver with the shared `puts` routine appended to its code.
+fn driver() -> String {
+    let (code, data) = DRIVER_CODE
+        .split_once("    .data")
+        .expect("driver has a data section");
+    format!("{code}{PUTS}    .data{data}")
+}
+
 fn image(dir: &std::path::Path) -> std::path::PathBuf {
     let img = dir.join("disk.img");
     let mut data = vec![0u8; 1 << 20];
@@ -172,21 +171,10 @@ fn image(dir: &std::path::Path) -> std::path::PathBuf {
 #[test]
 fn guest_driver_reads_writes_and_flushes_a_disk() {
     let dir = scratch("virtio-rw");
-    let guest = assemble(&dir, "driver", DRIVER);
+    let guest = assemble(&dir, "driver", &driver());
     let img = image(&dir);
     let disk = format!("path={}", img.display());
-    let out = run_kiln(
-        &[
-            "boot",
-            "--kernel",
-            guest.to_str().unwrap(),
-            "--memory",
-            "64",
-            "--disk",
-            &disk,
-        ],
-        TIMEOUT,
-    );
+    let out = boot(&guest, &["--disk", &disk]);
     assert_eq!(out.code, Some(0), "stderr: {}", out.stderr);
     assert_eq!(out.stdout, "KILN-DISK-SECTOR\n000\n");
     let data = std::fs::read(&img).unwrap();
@@ -197,23 +185,12 @@ fn guest_driver_reads_writes_and_flushes_a_disk() {
 #[test]
 fn read_only_disk_refuses_the_write_and_is_untouched() {
     let dir = scratch("virtio-ro");
-    let guest = assemble(&dir, "driver", DRIVER);
+    let guest = assemble(&dir, "driver", &driver());
     let img = image(&dir);
     let before = std::fs::read(&img).unwrap();
     let mtime = std::fs::metadata(&img).unwrap().modified().unwrap();
     let disk = format!("path={},readonly", img.display());
-    let out = run_kiln(
-        &[
-            "boot",
-            "--kernel",
-            guest.to_str().unwrap(),
-            "--memory",
-            "64",
-            "--disk",
-            &disk,
-        ],
-        TIMEOUT,
-    );
+    let out = boot(&guest, &["--disk", &disk]);
     assert_eq!(out.code, Some(0), "stderr: {}", out.stderr);
     // Read OK, write VIRTIO_BLK_S_IOERR, flush OK.
     assert_eq!(out.stdout, "KILN-DISK-SECTOR\n010\n");

@@ -102,3 +102,31 @@ pub fn run_kiln(args: &[&str], timeout: Duration) -> Outcome {
         elapsed: start.elapsed(),
     }
 }
+
+/// Prints a NUL-terminated string at %rsi to COM1; clobbers %al, %dx.
+pub const PUTS: &str = r#"
+puts:
+    mov $0x3f8, %dx
+1:  lodsb
+    test %al, %al
+    jz 2f
+    out %al, %dx
+    jmp 1b
+2:  ret
+"#;
+
+/// Resets through the i8042 CPU-reset pulse.
+pub const RESET: &str = "    mov $0xfe, %al\n    out %al, $0x64\n    hlt\n";
+
+/// Boots `guest` with 64 MiB plus `extra` flags, with a 20 s deadline.
+pub fn boot(guest: &Path, extra: &[&str]) -> Outcome {
+    let mut args = vec![
+        "boot",
+        "--kernel",
+        guest.to_str().expect("utf-8 path"),
+        "--memory",
+        "64",
+    ];
+    args.extend_from_slice(extra);
+    run_kiln(&args, Duration::from_secs(20))
+}
