@@ -67,17 +67,20 @@ fn unpack_recipes() -> Result<PathBuf, DefaultGuestError> {
         .join(format!("resources/{:016x}", hasher.finish()));
     for (name, text) in RECIPES {
         let path = dir.join(name);
+        // The recipes run each other directly, so scripts must be executable.
+        let mode = if name.ends_with(".sh") { 0o755 } else { 0o644 };
         let write = || -> std::io::Result<()> {
-            if std::fs::read_to_string(&path).is_ok_and(|t| t == *text) {
-                return Ok(());
+            use std::os::unix::fs::PermissionsExt;
+            if !std::fs::read_to_string(&path).is_ok_and(|t| t == *text) {
+                if let Some(parent) = path.parent() {
+                    std::fs::create_dir_all(parent)?;
+                }
+                // Write beside and rename: a concurrent kiln never sees half a script.
+                let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+                std::fs::write(&tmp, text)?;
+                std::fs::rename(&tmp, &path)?;
             }
-            if let Some(parent) = path.parent() {
-                std::fs::create_dir_all(parent)?;
-            }
-            // Write beside and rename: a concurrent kiln never sees half a script.
-            let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-            std::fs::write(&tmp, text)?;
-            std::fs::rename(&tmp, &path)
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
         };
         write().map_err(|source| DefaultGuestError::Write {
             path: path.display().to_string(),
@@ -128,6 +131,9 @@ mod tests {
         assert_eq!(first, second);
         for (name, text) in RECIPES {
             assert_eq!(std::fs::read_to_string(first.join(name)).unwrap(), *text);
+            let mode =
+                std::os::unix::fs::PermissionsExt::mode(&first.join(name).metadata().unwrap().permissions());
+            assert_eq!(mode & 0o111 != 0, name.ends_with(".sh"), "{name} mode {mode:o}");
         }
         assert!(RECIPES
             .iter()
