@@ -11,6 +11,8 @@ use std::sync::{Arc, Mutex};
 
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use crate::sync::lock;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ExitReason {
     /// ACPI S5 or another orderly power-off.
@@ -85,7 +87,7 @@ impl ExitNotifier {
     /// Records `reason` unless one is already recorded, and wakes the VMM loop.
     pub fn notify(&self, reason: ExitReason) {
         {
-            let mut slot = self.0.reason.lock().unwrap_or_else(|p| p.into_inner());
+            let mut slot = lock(&self.0.reason);
             if slot.is_none() {
                 *slot = Some(reason);
             }
@@ -101,7 +103,7 @@ impl ExitNotifier {
     }
 
     pub fn reason(&self) -> Option<ExitReason> {
-        self.0.reason.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        lock(&self.0.reason).clone()
     }
 
     pub fn event_fd(&self) -> &EventFd {

@@ -9,6 +9,7 @@ pub mod config;
 pub mod default_guest;
 pub mod devices;
 pub mod exit;
+pub mod sync;
 pub mod terminal;
 pub mod vmm;
 pub mod vstate;

@@ -20,22 +20,15 @@ fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// Builds (or finds in the cache) the default guest kernel and initramfs.
+/// Builds (or finds in the cache) the default guest kernel and initramfs,
+/// exactly as `kiln boot` without `--kernel` does.
 fn guest_artifacts() -> HashMap<String, PathBuf> {
-    let out = Command::new("bash")
-        .arg(repo().join("resources/default-guest.sh"))
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("run resources/default-guest.sh");
-    assert!(
-        out.status.success(),
-        "building the guest artifacts failed (see above)"
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.to_string(), PathBuf::from(v)))
-        .collect()
+    let guest = kiln::default_guest::ensure().unwrap_or_else(|e| panic!("default guest: {e}"));
+    HashMap::from([
+        ("KERNEL".to_string(), guest.kernel),
+        ("BZIMAGE".to_string(), guest.bzimage),
+        ("INITRD".to_string(), guest.initrd),
+    ])
 }
 
 /// An ext4 root image with the guest scripts of tests/e2e/guest.

@@ -6,6 +6,8 @@
 
 use std::sync::{Arc, Mutex};
 
+use crate::sync::lock;
+
 /// A device that answers guest reads and writes inside its address window.
 ///
 /// `offset` is relative to the start of the window the device was inserted
@@ -92,12 +94,6 @@ impl Bus {
             None => false,
         }
     }
-}
-
-/// Locks a device even if another thread panicked while holding it: device
-/// state stays usable for an orderly shutdown.
-fn lock(device: &Mutex<dyn BusDevice>) -> std::sync::MutexGuard<'_, dyn BusDevice + 'static> {
-    device.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]

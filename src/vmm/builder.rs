@@ -31,7 +31,7 @@ use crate::devices::virtio::{attach_mmio_device, MmioSlot, VirtioError};
 use crate::devices::EventLoop;
 use crate::exit::ExitNotifier;
 use crate::vstate::kvm::{open_kvm, HostKind, KvmError, PVM_HINT};
-use crate::vstate::memory::{create_guest_memory, GuestMemoryMmap, MemoryError};
+use crate::vstate::memory::{create_guest_memory, proc_kib, GuestMemoryMmap, MemoryError};
 use crate::vstate::vcpu::Vcpu;
 
 /// Where KVM may put its real-mode TSS: three pages just below the BIOS.
@@ -103,10 +103,7 @@ pub struct BuiltVm {
 
 /// Host RAM in MiB, from /proc/meminfo; None if unreadable.
 fn host_memory_mib() -> Option<u64> {
-    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib >> 10)
+    proc_kib("/proc/meminfo", "MemTotal").map(|kib| kib >> 10)
 }
 
 fn check_host_limits(kvm: &Kvm, config: &VmConfig) -> Result<(), BuildError> {

@@ -17,6 +17,7 @@ pub use crate::devices::legacy::serial::ConsoleInput;
 use crate::devices::EventLoop;
 use crate::exit::ExitReason;
 use crate::terminal::RawTerminal;
+use crate::vstate::memory::{proc_kib, resident_bytes};
 use crate::vstate::vcpu::{self, VcpuHandle};
 
 pub use builder::BuildError;
@@ -79,17 +80,6 @@ impl ConsoleIo {
     }
 }
 
-/// This process's peak resident set (VmHWM), 0 if unknown.
-fn peak_rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
-            line.split_whitespace().nth(1)?.parse().ok()
-        })
-        .unwrap_or(0)
-}
-
 /// Boots the VM described by `config` and runs it until it stops.
 pub fn run_vm(config: &VmConfig, io: ConsoleIo) -> Result<ExitReason, VmmError> {
     config.validate()?;
@@ -130,11 +120,11 @@ pub fn run_vm(config: &VmConfig, io: ConsoleIo) -> Result<ExitReason, VmmError> 
     }
     vcpu::stop_all(&stop, handles);
     if log::log_enabled!(log::Level::Debug) {
-        match crate::vstate::memory::resident_bytes(&vm.memory) {
+        match resident_bytes(&vm.memory) {
             Ok(b) => log::debug!(
                 "guest memory resident: {} KiB, peak RSS: {} KiB",
                 b >> 10,
-                peak_rss_kib()
+                proc_kib("/proc/self/status", "VmHWM").unwrap_or(0)
             ),
             Err(e) => log::debug!("guest memory residency unknown: {e}"),
         }

@@ -28,6 +28,14 @@ pub fn create_guest_memory(mem_size: u64) -> Result<GuestMemoryMmap, MemoryError
     })
 }
 
+/// The `KEY: N kB` value of a /proc file such as /proc/meminfo or
+/// /proc/self/status, in KiB.
+pub fn proc_kib(path: &str, key: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let line = text.lines().find(|l| l.split(':').next() == Some(key))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
 /// Bytes of guest memory actually backed by host pages (touched by the
 /// guest or by kiln), for benchmarks that separate VMM overhead from it.
 pub fn resident_bytes(mem: &GuestMemoryMmap) -> std::io::Result<u64> {
@@ -53,6 +61,14 @@ pub fn resident_bytes(mem: &GuestMemoryMmap) -> std::io::Result<u64> {
 mod tests {
     use super::*;
     use vm_memory::Bytes;
+
+    #[test]
+    fn proc_kib_reads_meminfo_and_status() {
+        assert!(proc_kib("/proc/meminfo", "MemTotal").is_some_and(|k| k > 0));
+        assert!(proc_kib("/proc/self/status", "VmHWM").is_some_and(|k| k > 0));
+        assert_eq!(proc_kib("/proc/meminfo", "NoSuchKey"), None);
+        assert_eq!(proc_kib("/nonexistent", "MemTotal"), None);
+    }
 
     #[test]
     fn resident_counts_touched_pages_only() {

@@ -14,6 +14,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::console_output::ConsoleOutput;
 use crate::devices::bus::BusDevice;
+use crate::sync::lock;
 
 /// An interrupt line backed by an event fd (a KVM irqfd).
 pub struct EventFdTrigger(pub EventFd);
@@ -94,10 +95,6 @@ impl BusDevice for SerialDevice {
             }
         }
     }
-}
-
-fn lock(serial: &Mutex<SerialDevice>) -> std::sync::MutexGuard<'_, SerialDevice> {
-    serial.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Stands in for absent host input; never watched.

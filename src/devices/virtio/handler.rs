@@ -27,9 +27,7 @@ impl<D: VirtioDevice> MmioEventHandler<D> {
     fn transport(&self) -> MutexGuard<'_, MmioTransport<D>> {
         // A vCPU thread that panicked mid-access leaves consistent enough
         // state for the guest to reset the device.
-        self.transport
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::sync::lock(&self.transport)
     }
 }
 
