@@ -3,7 +3,6 @@
 //! and configured (not yet running) vCPUs.
 
 use std::io::Write;
-use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
 use event_manager::{MutEventSubscriber, SubscriberOps};
@@ -265,7 +264,6 @@ fn create_vcpus(s: VcpuSetup) -> Result<Vec<Vcpu>, BuildError> {
             pio_bus: s.pio_bus.clone(),
             mmio_bus: s.mmio_bus.clone(),
             exit: s.exit.clone(),
-            stop: Arc::new(AtomicBool::new(false)),
             host: s.host,
         });
     }

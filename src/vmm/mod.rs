@@ -103,9 +103,8 @@ pub fn run_vm(config: &VmConfig, io: ConsoleIo) -> Result<ExitReason, VmmError> 
     let _terminal = raw_terminal.then(RawTerminal::new);
     let mut handles = Vec::with_capacity(vm.vcpus.len());
     let mut result = Ok(());
-    for mut v in vm.vcpus {
-        v.stop = stop.clone();
-        match VcpuHandle::spawn(v) {
+    for v in vm.vcpus {
+        match VcpuHandle::spawn(v, stop.clone()) {
             Ok(h) => handles.push(h),
             Err(e) => {
                 result = Err(VmmError::Thread(e));

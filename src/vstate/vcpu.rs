@@ -52,18 +52,18 @@ pub struct Vcpu {
     pub pio_bus: Arc<Bus>,
     pub mmio_bus: Arc<Bus>,
     pub exit: ExitNotifier,
-    pub stop: Arc<AtomicBool>,
     pub host: HostKind,
 }
 
 impl Vcpu {
-    /// Runs until the VM stops; records why through the exit notifier.
-    pub fn run(mut self) {
+    /// Runs until the VM stops or `stop` is raised; records why through
+    /// the exit notifier.
+    pub fn run(mut self, stop: &AtomicBool) {
         let immediate_exit = &mut self.fd.get_kvm_run().immediate_exit as *mut u8;
         IMMEDIATE_EXIT.with(|p| p.set(immediate_exit));
         // A device on this vCPU (i8042, ACPI) may have asked for the stop:
         // leave at once rather than halt in KVM_RUN until kicked.
-        while !self.stop.load(Ordering::Acquire) && !self.exit.is_stopping() {
+        while !stop.load(Ordering::Acquire) && !self.exit.is_stopping() {
             if let Some(reason) = self.run_once() {
                 self.exit.notify(reason);
                 break;
@@ -149,11 +149,13 @@ pub struct VcpuHandle {
 }
 
 impl VcpuHandle {
-    pub fn spawn(vcpu: Vcpu) -> std::io::Result<Self> {
+    /// Starts `vcpu` on its own thread; it stops when `stop` is raised
+    /// (see [`stop_all`]) or the guest stops.
+    pub fn spawn(vcpu: Vcpu, stop: Arc<AtomicBool>) -> std::io::Result<Self> {
         let index = vcpu.index;
         let handle = std::thread::Builder::new()
             .name(format!("kiln-vcpu{index}"))
-            .spawn(move || vcpu.run())?;
+            .spawn(move || vcpu.run(&stop))?;
         Ok(Self { index, handle })
     }
 

@@ -97,21 +97,6 @@ impl BusDevice for SerialDevice {
     }
 }
 
-/// Stands in for absent host input; never watched.
-struct NoInput;
-
-impl Read for NoInput {
-    fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
-        Ok(0)
-    }
-}
-
-impl AsRawFd for NoInput {
-    fn as_raw_fd(&self) -> RawFd {
-        -1
-    }
-}
-
 /// Something the guest console can read host input from.
 pub trait ConsoleInput: Read + AsRawFd + Send {}
 impl<T: Read + AsRawFd + Send> ConsoleInput for T {}
@@ -122,7 +107,7 @@ impl<T: Read + AsRawFd + Send> ConsoleInput for T {}
 pub struct SerialHandler {
     serial: Arc<Mutex<SerialDevice>>,
     output_timer: RawFd,
-    input: Box<dyn ConsoleInput>,
+    input: Option<Box<dyn ConsoleInput>>,
     drained: EventFd,
     pending: VecDeque<u8>,
     input_open: bool,
@@ -141,7 +126,7 @@ impl SerialHandler {
         Self {
             serial,
             output_timer,
-            input: input.unwrap_or_else(|| Box::new(NoInput)),
+            input,
             drained,
             pending: VecDeque::new(),
             input_open,
@@ -162,7 +147,8 @@ impl SerialHandler {
 
     fn read_input(&mut self) {
         let mut buf = [0u8; 64];
-        match self.input.read(&mut buf) {
+        let Some(input) = self.input.as_mut() else { return };
+        match input.read(&mut buf) {
             // End of input: stop watching, or epoll would report it forever.
             Ok(0) => self.input_open = false,
             Ok(n) => self.pending.extend(&buf[..n]),
@@ -181,7 +167,7 @@ impl SerialHandler {
         if want == self.watching_input {
             return;
         }
-        let fd = self.input.as_raw_fd();
+        let Some(fd) = self.input_fd() else { return };
         let result = if want {
             ops.add(Events::new_raw(fd, EventSet::IN))
         } else {
@@ -196,8 +182,8 @@ impl SerialHandler {
         }
     }
 
-    fn input_fd(&self) -> RawFd {
-        self.input.as_raw_fd()
+    fn input_fd(&self) -> Option<RawFd> {
+        self.input.as_ref().map(|i| i.as_raw_fd())
     }
 }
 
@@ -209,7 +195,7 @@ impl MutEventSubscriber for SerialHandler {
         }
         if events.fd() == self.drained.as_raw_fd() {
             let _ = self.drained.read();
-        } else if events.fd() == self.input_fd() {
+        } else if Some(events.fd()) == self.input_fd() {
             if events.event_set().contains(EventSet::IN) {
                 self.read_input();
             } else {
