@@ -5,7 +5,6 @@ use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use log::{debug, error};
 use virtio_queue::Queue;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, VolatileSlice};
 
@@ -155,7 +154,7 @@ impl VirtioDevice for BlockDevice {
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
         // `writeback` is the only writable field, and needs CONFIG_WCE.
-        debug!(
+        debug_guest!(
             "virtio-blk: ignoring {}-byte config write at {offset:#x}",
             data.len()
         );
@@ -186,7 +185,7 @@ impl VirtioDevice for BlockDevice {
         let notify = drain_queue(queue, mem, |chain| handle_chain(backend, id, limits, mem, chain))?;
         if notify {
             if let Err(e) = active.interrupt.trigger(INTERRUPT_VRING) {
-                error!("virtio-blk: cannot signal the guest: {e}");
+                error_guest!("virtio-blk: cannot signal the guest: {e}");
             }
         }
         Ok(())
@@ -233,7 +232,7 @@ fn complete(mem: &GuestMemoryMmap, status: GuestAddress, code: u8, written: u32)
         Ok(()) => written.saturating_add(1),
         // Checked during parsing; guest memory does not shrink.
         Err(e) => {
-            error!("virtio-blk: cannot write request status: {e}");
+            error_guest!("virtio-blk: cannot write request status: {e}");
             written
         }
     }
