@@ -80,7 +80,7 @@ impl BlockDevice {
         Ok(Self::with_backend(backend, id))
     }
 
-    fn with_backend(backend: FileBackend, id: [u8; ID_BYTES]) -> Self {
+    pub(super) fn with_backend(backend: FileBackend, id: [u8; ID_BYTES]) -> Self {
         let read_only = backend.is_read_only();
         let mut features = [
             VIRTIO_F_VERSION_1,
@@ -120,7 +120,9 @@ impl BlockDevice {
         }
     }
 
-    /// Disk size in 512-byte sectors.
+    /// Disk size in 512-byte sectors, fixed when the image is opened. If
+    /// another process shrinks a shared image, the guest is not told (there
+    /// is no resize): its requests past the new end get IOERR.
     pub fn capacity_sectors(&self) -> u64 {
         self.limits.capacity / SECTOR_SIZE
     }
@@ -162,10 +164,15 @@ impl VirtioDevice for BlockDevice {
 
     fn activate(
         &mut self,
-        _acked_features: u64,
+        acked_features: u64,
         mem: GuestMemoryMmap,
         interrupt: Arc<dyn Interrupt>,
     ) -> Result<(), VirtioError> {
+        // A driver without the flush command assumes there is no volatile
+        // write cache (Linux: virtblk_get_cache_mode), so each write must be
+        // durable when it completes.
+        let flush_negotiated = acked_features & (1 << VIRTIO_BLK_F_FLUSH) != 0;
+        self.backend.set_write_through(!flush_negotiated);
         self.active = Some(Active { mem, interrupt });
         Ok(())
     }
@@ -193,6 +200,7 @@ impl VirtioDevice for BlockDevice {
 
     fn reset(&mut self) {
         self.active = None;
+        self.backend.set_write_through(false);
     }
 }
 
