@@ -3,6 +3,10 @@
 //! The library builds and runs a VM from a [`config::VmConfig`]; the `kiln`
 //! binary is a thin CLI over it.
 
+// First, so its logging macros are in scope in every module below.
+#[macro_use]
+mod guest_log;
+
 pub mod arch;
 pub mod backends;
 pub mod config;

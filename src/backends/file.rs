@@ -7,15 +7,16 @@
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{self, Seek, SeekFrom};
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use log::warn;
 use vm_memory::volatile_memory::PtrGuardMut;
 use vm_memory::VolatileSlice;
-use vmm_sys_util::fallocate::{fallocate, FallocateMode};
+use vmm_sys_util::fallocate::FallocateMode;
+
+use super::image_io::{ImageIo, Os};
 
 /// Images must be a whole number of these.
 pub const SECTOR_SIZE: u64 = 512;
@@ -30,8 +31,11 @@ const IOV_MAX: usize = 1024;
 /// How the host page cache is used for the image.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum CacheMode {
-    /// Host page cache; guest flushes are ignored. Fast, but a host crash
-    /// loses data the guest believes is stable.
+    /// Host page cache, and the image is never synced on the guest's behalf:
+    /// flushes are ignored, and so is write-through (a driver that did not
+    /// negotiate flushes). Fast, but a host crash loses data the guest
+    /// believes is stable. As `cache=unsafe` in QEMU and `Unsafe` in
+    /// Firecracker.
     Unsafe,
     /// Host page cache; guest flushes reach stable storage.
     #[default]
@@ -91,10 +95,19 @@ pub enum FileBackendError {
 pub struct FileBackend {
     file: File,
     path: PathBuf,
+    /// Fixed at open; the guest is told this size.
     size: u64,
+    /// A regular file, which another process may shrink under us (a block
+    /// device keeps its size).
+    regular_file: bool,
     read_only: bool,
     cache: CacheMode,
+    /// Sync every change before it returns; see [`FileBackend::set_write_through`].
+    write_through: bool,
     identity: (u64, u64),
+    io: Box<dyn ImageIo>,
+    /// Why a sync failed, once one has; see [`FileBackend::flush`].
+    failed_sync: Option<io::Error>,
     /// Allocated on first O_DIRECT transfer; over-sized so an aligned
     /// `BOUNCE_LEN` window always fits.
     bounce: Vec<u8>,
@@ -144,11 +157,22 @@ impl FileBackend {
             file,
             path: path.to_path_buf(),
             size,
+            regular_file: kind.is_file(),
             read_only,
             cache,
+            write_through: false,
             identity: (meta.dev(), meta.ino()),
+            io: Box::new(Os),
+            failed_sync: None,
             bounce: Vec::new(),
         })
+    }
+
+    /// Routes the image's system calls through `io`: the fault-injection seam.
+    #[cfg(test)]
+    pub(crate) fn with_io(mut self, io: Box<dyn ImageIo>) -> Self {
+        self.io = io;
+        self
     }
 
     pub fn path(&self) -> &Path {
@@ -169,24 +193,51 @@ impl FileBackend {
         self.identity
     }
 
-    /// Fills `bufs`, in order, from the image starting at `offset`.
+    /// With write-through on, every write, write-zeroes and discard is on
+    /// stable storage before it returns, as [`FileBackend::flush`] would
+    /// leave it: what a driver is promised when it has no flush command.
+    /// (One fdatasync per request rather than O_DSYNC: that would need the
+    /// image reopened, which breaks its lock, and the O_DIRECT and
+    /// zero-filling paths would sync once per chunk.) `cache=unsafe` never
+    /// syncs, so there it changes nothing. Off when opened.
+    pub fn set_write_through(&mut self, on: bool) {
+        self.write_through = on;
+    }
+
+    pub fn is_write_through(&self) -> bool {
+        self.write_through
+    }
+
+    /// Fills `bufs`, in order, from the image starting at `offset`. Fails
+    /// where the file has shrunk since it was opened.
     pub fn read_at(&mut self, offset: u64, bufs: &[VolatileSlice<'_>]) -> io::Result<()> {
         let len = total_len(bufs);
         self.check_range(offset, len)?;
-        if len == 0 {
+        let result = if len == 0 {
             Ok(())
         } else if self.cache == CacheMode::None {
             self.read_direct(offset, bufs, len)
         } else {
             self.transfer_vectored(offset, bufs, Direction::Read)
-        }
+        };
+        result.map_err(|e| match e.kind() {
+            io::ErrorKind::UnexpectedEof => self.shrunk_error(offset, len),
+            _ => e,
+        })
     }
 
-    /// Writes `bufs`, in order, to the image starting at `offset`.
+    /// Writes `bufs`, in order, to the image starting at `offset`. Never
+    /// grows the file back if another process has shrunk it.
     pub fn write_at(&mut self, offset: u64, bufs: &[VolatileSlice<'_>]) -> io::Result<()> {
+        self.write_unsynced(offset, bufs)?;
+        self.sync_if_write_through()
+    }
+
+    fn write_unsynced(&mut self, offset: u64, bufs: &[VolatileSlice<'_>]) -> io::Result<()> {
         self.check_writable()?;
         let len = total_len(bufs);
         self.check_range(offset, len)?;
+        self.check_not_shrunk(offset, len)?;
         if len == 0 {
             Ok(())
         } else if self.cache == CacheMode::None {
@@ -199,11 +250,45 @@ impl FileBackend {
     /// Makes every completed write stable. A no-op for read-only images
     /// (nothing to flush, and syncing would touch the file) and for
     /// `cache=unsafe`.
+    ///
+    /// A failed sync is sticky. Linux reports a writeback error to a file
+    /// once and drops the pages it could not write, so the next fdatasync
+    /// would succeed with the data gone; with O_DIRECT, what failed may be
+    /// the metadata or the disk's own cache, which is no better. So once a
+    /// sync fails every later flush fails too, for the life of the backend
+    /// (a guest reset does not bring the data back): the operator checks
+    /// the host storage and restarts the VM. Reads and writes go on: the
+    /// guest's latest data is still in the page cache, and refusing them
+    /// would not save anything; a write that must be durable at once
+    /// (write-through) ends in a flush, and so fails.
     pub fn flush(&mut self) -> io::Result<()> {
         if self.read_only || self.cache == CacheMode::Unsafe {
             return Ok(());
         }
-        self.file.sync_data()
+        let cause = match self.failed_sync.take() {
+            Some(cause) => cause,
+            None => match self.io.fdatasync(&self.file) {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    log::error!(
+                        "cannot sync disk image {}: {e}; the guest's recent writes may be lost, and \
+                         every later flush will fail: check the host storage, then restart the VM",
+                        self.path.display()
+                    );
+                    e
+                }
+            },
+        };
+        let error = io::Error::new(
+            cause.kind(),
+            format!(
+                "disk image {} could not be synced ({cause}); writes may have been lost since, so \
+                 it cannot be flushed again until the VM is restarted",
+                self.path.display()
+            ),
+        );
+        self.failed_sync = Some(cause);
+        Err(error)
     }
 
     /// Tells the host the range is unused. Advisory: succeeds without doing
@@ -212,9 +297,10 @@ impl FileBackend {
         self.check_writable()?;
         self.check_range(offset, len)?;
         match self.fallocate(true, offset, len) {
-            Err(e) if is_unsupported(&e) => Ok(()),
-            other => other,
+            Err(e) if is_unsupported(&e) => {}
+            other => other?,
         }
+        self.sync_if_write_through()
     }
 
     /// Makes the range read as zeroes. With `may_deallocate` it is punched
@@ -223,6 +309,12 @@ impl FileBackend {
     pub fn write_zeroes(&mut self, offset: u64, len: u64, may_deallocate: bool) -> io::Result<()> {
         self.check_writable()?;
         self.check_range(offset, len)?;
+        self.check_not_shrunk(offset, len)?;
+        self.zero_unsynced(offset, len, may_deallocate)?;
+        self.sync_if_write_through()
+    }
+
+    fn zero_unsynced(&mut self, offset: u64, len: u64, may_deallocate: bool) -> io::Result<()> {
         if may_deallocate {
             match self.fallocate(true, offset, len) {
                 Err(e) if is_unsupported(&e) => {}
@@ -232,6 +324,14 @@ impl FileBackend {
         match self.fallocate(false, offset, len) {
             Err(e) if is_unsupported(&e) => self.fill_zeroes(offset, len),
             other => other,
+        }
+    }
+
+    fn sync_if_write_through(&mut self) -> io::Result<()> {
+        if self.write_through {
+            self.flush()
+        } else {
+            Ok(())
         }
     }
 
@@ -259,6 +359,39 @@ impl FileBackend {
         }
     }
 
+    /// Refuses a write reaching past the end of a file that has shrunk
+    /// since it was opened (another process truncated it): the write would
+    /// silently grow it back. The guest keeps the size it was told, so it
+    /// gets an error for that range. A truncation between this check and
+    /// the write still races with us; only cooperating processes (the
+    /// image lock) rule that out.
+    fn check_not_shrunk(&self, offset: u64, len: u64) -> io::Result<()> {
+        if !self.regular_file || len == 0 {
+            return Ok(());
+        }
+        let current = self.file.metadata()?.len();
+        if offset.saturating_add(len) > current {
+            return Err(self.shrunk_error(offset, len));
+        }
+        Ok(())
+    }
+
+    fn shrunk_error(&self, offset: u64, len: u64) -> io::Error {
+        let current = self
+            .file
+            .metadata()
+            .map_or_else(|e| e.to_string(), |m| m.len().to_string());
+        io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!(
+                "{len} bytes at offset {offset} are past the end of disk image {}, which shrank from \
+                 {} to {current} bytes while in use; another process must have truncated it",
+                self.path.display(),
+                self.size
+            ),
+        )
+    }
+
     fn transfer_vectored(
         &self,
         offset: u64,
@@ -278,40 +411,10 @@ impl FileBackend {
                 iov_len: g.len(),
             })
             .collect();
-        let fd = self.file.as_raw_fd();
-        let mut first = 0;
-        let mut pos = offset;
-        while first < iovecs.len() {
-            let batch = &iovecs[first..iovecs.len().min(first + IOV_MAX)];
-            let count = batch.len() as libc::c_int;
-            let file_offset =
-                libc::off_t::try_from(pos).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-            // SAFETY: each iovec describes a live guest-memory slice (held by
-            // `guards`) and `count` is the length of `batch`; the kernel only
-            // touches those ranges, and nothing holds Rust references to them.
-            let ret = unsafe {
-                match direction {
-                    Direction::Read => libc::preadv(fd, batch.as_ptr(), count, file_offset),
-                    Direction::Write => libc::pwritev(fd, batch.as_ptr(), count, file_offset),
-                }
-            };
-            if ret < 0 {
-                let err = io::Error::last_os_error();
-                if err.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(err);
-            }
-            if ret == 0 {
-                return Err(match direction {
-                    Direction::Read => io::ErrorKind::UnexpectedEof.into(),
-                    Direction::Write => io::ErrorKind::WriteZero.into(),
-                });
-            }
-            pos += ret as u64;
-            advance_iovecs(&mut iovecs, &mut first, ret as usize);
-        }
-        Ok(())
+        // SAFETY: each iovec describes a live guest-memory slice (held by
+        // `guards`); the kernel only touches those ranges, and nothing holds
+        // Rust references to them.
+        unsafe { transfer(&*self.io, &self.file, &mut iovecs, offset, direction) }
     }
 
     fn read_direct(&mut self, offset: u64, bufs: &[VolatileSlice<'_>], len: u64) -> io::Result<()> {
@@ -322,7 +425,13 @@ impl FileBackend {
             let w = DirectWindow::new(offset + done, len - done);
             // The image size is a multiple of the alignment, so the widened
             // window never reaches past its end.
-            self.file.read_exact_at(&mut bounce[..w.span], w.start)?;
+            transfer_host(
+                &*self.io,
+                &self.file,
+                &mut bounce[..w.span],
+                w.start,
+                Direction::Read,
+            )?;
             guest.copy_from_host(&bounce[w.skip..w.skip + w.want])?;
             done += w.want as u64;
         }
@@ -330,6 +439,7 @@ impl FileBackend {
     }
 
     fn write_direct(&mut self, offset: u64, bufs: &[VolatileSlice<'_>], len: u64) -> io::Result<()> {
+        let (io, file) = (&*self.io, &self.file);
         let bounce = aligned_bounce(&mut self.bounce);
         let mut guest = GuestCursor::new(bufs);
         let mut done = 0;
@@ -339,17 +449,22 @@ impl FileBackend {
             let end = w.skip + w.want;
             // Blocks we only partly overwrite keep their other bytes.
             if w.skip != 0 {
-                self.file.read_exact_at(&mut block[..DIRECT_IO_ALIGN], w.start)?;
+                transfer_host(io, file, &mut block[..DIRECT_IO_ALIGN], w.start, Direction::Read)?;
             }
             let tail = w.span - DIRECT_IO_ALIGN;
             let partial_tail = !end.is_multiple_of(DIRECT_IO_ALIGN);
             let tail_is_head = tail == 0 && w.skip != 0;
             if partial_tail && !tail_is_head {
-                self.file
-                    .read_exact_at(&mut block[tail..], w.start + tail as u64)?;
+                transfer_host(
+                    io,
+                    file,
+                    &mut block[tail..],
+                    w.start + tail as u64,
+                    Direction::Read,
+                )?;
             }
             guest.copy_to_host(&mut block[w.skip..end])?;
-            self.file.write_all_at(block, w.start)?;
+            transfer_host(io, file, block, w.start, Direction::Write)?;
             done += w.want as u64;
         }
         Ok(())
@@ -362,7 +477,7 @@ impl FileBackend {
         while done < len {
             let n = (len - done).min(chunk as u64) as usize;
             let slice = VolatileSlice::from(&mut zeroes[..n]);
-            self.write_at(offset + done, &[slice])?;
+            self.write_unsynced(offset + done, &[slice])?;
             done += n as u64;
         }
         Ok(())
@@ -379,11 +494,9 @@ impl FileBackend {
             } else {
                 FallocateMode::ZeroRange
             };
-            let keep_size = true;
-            match fallocate(&self.file, mode, keep_size, offset, len) {
-                Ok(()) => return Ok(()),
-                Err(e) if e.errno() == libc::EINTR => continue,
-                Err(e) => return Err(io::Error::from_raw_os_error(e.errno())),
+            match self.io.fallocate(&self.file, mode, offset, len) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                other => return other,
             }
         }
     }
@@ -393,6 +506,66 @@ impl FileBackend {
 enum Direction {
     Read,
     Write,
+}
+
+/// Moves `iovecs` to or from the image at `offset`, resuming after short
+/// transfers and interruptions.
+///
+/// # Safety
+///
+/// Every iovec must describe memory that stays valid for the whole call
+/// (writable, for a read) and that no Rust reference points into.
+unsafe fn transfer(
+    io: &dyn ImageIo,
+    file: &File,
+    iovecs: &mut [libc::iovec],
+    offset: u64,
+    direction: Direction,
+) -> io::Result<()> {
+    let mut first = 0;
+    let mut pos = offset;
+    while first < iovecs.len() {
+        let batch = &iovecs[first..iovecs.len().min(first + IOV_MAX)];
+        // SAFETY: `batch` is part of `iovecs`, which the caller vouches for.
+        let done = unsafe {
+            match direction {
+                Direction::Read => io.preadv(file, batch, pos),
+                Direction::Write => io.pwritev(file, batch, pos),
+            }
+        };
+        match done {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+            Ok(0) => {
+                return Err(match direction {
+                    Direction::Read => io::ErrorKind::UnexpectedEof.into(),
+                    Direction::Write => io::ErrorKind::WriteZero.into(),
+                })
+            }
+            Ok(n) => {
+                pos += n as u64;
+                advance_iovecs(iovecs, &mut first, n);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// [`transfer`] for one host buffer.
+fn transfer_host(
+    io: &dyn ImageIo,
+    file: &File,
+    buf: &mut [u8],
+    offset: u64,
+    direction: Direction,
+) -> io::Result<()> {
+    let mut iovec = [libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    }];
+    // SAFETY: `buf` is borrowed mutably for the whole call, so the memory
+    // is valid and nothing else refers to it.
+    unsafe { transfer(io, file, &mut iovec, offset, direction) }
 }
 
 fn open_image(path: &Path, read_only: bool, direct: bool) -> Result<File, FileBackendError> {

@@ -4,6 +4,7 @@ use std::time::{Duration, SystemTime};
 use vmm_sys_util::tempfile::TempFile;
 
 use super::*;
+use crate::backends::image_io::testing::FaultyIo;
 
 /// A temp image of `size` bytes where byte i is `i % 251`.
 fn patterned_image(size: usize) -> TempFile {
@@ -254,4 +255,160 @@ fn identity_names_the_inode() {
     let meta = fs::metadata(tmp.as_path()).unwrap();
     assert_eq!(b.identity(), (meta.dev(), meta.ino()));
     assert_eq!(b.path(), tmp.as_path());
+}
+
+/// A writable backend over `tmp` whose system calls go through `faults`.
+fn faulty(tmp: &TempFile, cache: CacheMode, faults: &FaultyIo) -> FileBackend {
+    FileBackend::open(tmp.as_path(), false, cache, false)
+        .unwrap()
+        .with_io(faults.boxed())
+}
+
+#[test]
+fn a_failed_sync_fails_every_later_flush() {
+    let tmp = patterned_image(8192);
+    let faults = FaultyIo::default();
+    let mut b = faulty(&tmp, CacheMode::Writeback, &faults);
+    write_vec(&mut b, 0, &[&[1; 512]]).unwrap();
+    b.flush().unwrap();
+    write_vec(&mut b, 512, &[&[2; 512]]).unwrap();
+    faults.fail_next_sync(libc::EIO);
+    let first = b.flush().unwrap_err().to_string();
+    assert!(
+        first.contains(&tmp.as_path().display().to_string()) && first.contains("restarted"),
+        "{first}"
+    );
+    // The kernel would now report success: the error was delivered once
+    // and the dirty pages are gone.
+    for _ in 0..3 {
+        assert!(b.flush().is_err(), "a flush after a failed sync must fail");
+    }
+    // Reads and buffered writes go on.
+    write_vec(&mut b, 1024, &[&[3; 512]]).unwrap();
+    assert_eq!(read_vec(&mut b, 0, &[1536]).unwrap()[1024..], [3; 512]);
+    assert!(b.flush().is_err());
+}
+
+#[test]
+fn write_through_syncs_every_change_before_returning() {
+    let tmp = patterned_image(2 * BOUNCE_LEN);
+    let faults = FaultyIo::default();
+    let mut b = faulty(&tmp, CacheMode::Writeback, &faults);
+    assert!(!b.is_write_through(), "off when opened");
+    write_vec(&mut b, 0, &[&[1; 512]]).unwrap();
+    assert_eq!(faults.syncs(), 0);
+
+    b.set_write_through(true);
+    write_vec(&mut b, 0, &[&[1; 512], &[2; 512]]).unwrap();
+    assert_eq!(faults.syncs(), 1);
+    b.write_zeroes(4096, 4096, false).unwrap();
+    assert_eq!(faults.syncs(), 2);
+    b.discard(8192, 4096).unwrap();
+    assert_eq!(faults.syncs(), 3);
+    // The zero-fill fallback writes in chunks without syncing each one;
+    // write_zeroes syncs once after it.
+    b.fill_zeroes(0, 3 * BOUNCE_LEN as u64 / 2).unwrap();
+    read_vec(&mut b, 0, &[512]).unwrap();
+    assert_eq!(faults.syncs(), 3, "no sync per chunk; none for reads");
+
+    b.set_write_through(false);
+    write_vec(&mut b, 0, &[&[1; 512]]).unwrap();
+    assert_eq!(faults.syncs(), 3);
+}
+
+#[test]
+fn write_through_write_fails_once_a_sync_has() {
+    let tmp = patterned_image(8192);
+    let faults = FaultyIo::default();
+    let mut b = faulty(&tmp, CacheMode::Writeback, &faults);
+    b.set_write_through(true);
+    faults.fail_next_sync(libc::EIO);
+    assert!(write_vec(&mut b, 0, &[&[1; 512]]).is_err());
+    assert!(
+        write_vec(&mut b, 512, &[&[1; 512]]).is_err(),
+        "a write that cannot be made durable must not complete"
+    );
+}
+
+#[test]
+fn cache_unsafe_never_syncs() {
+    let tmp = patterned_image(8192);
+    let faults = FaultyIo::default();
+    let mut b = faulty(&tmp, CacheMode::Unsafe, &faults);
+    b.set_write_through(true);
+    write_vec(&mut b, 0, &[&[1; 512]]).unwrap();
+    b.write_zeroes(512, 512, true).unwrap();
+    b.flush().unwrap();
+    assert_eq!(faults.syncs(), 0);
+}
+
+#[test]
+fn full_filesystem_errors_reach_the_caller() {
+    let tmp = patterned_image(3 * 1024 * 1024);
+    let faults = FaultyIo::default();
+    let mut b = faulty(&tmp, CacheMode::Writeback, &faults);
+    faults.fail_writes(libc::ENOSPC);
+    let err = write_vec(&mut b, 0, &[&[1; 512]]).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ENOSPC));
+    let err = b.write_zeroes(0, 4096, false).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ENOSPC));
+    assert_eq!(contents(&tmp), pattern(3 * 1024 * 1024));
+    faults.fail_writes(0);
+    write_vec(&mut b, 0, &[&[1; 512]]).unwrap();
+    drop(b);
+
+    // The O_DIRECT path writes through the same calls.
+    let faults = FaultyIo::default();
+    let Some(b) = open_direct(&tmp, false) else {
+        return;
+    };
+    let mut b = b.with_io(faults.boxed());
+    faults.fail_writes(libc::ENOSPC);
+    let err = write_vec(&mut b, 1536, &[&[1; 4096]]).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ENOSPC));
+}
+
+/// Shrinks the image as another process would (the kernel does not care
+/// which process holds the other file description).
+fn truncate_behind(tmp: &TempFile, len: u64) {
+    fs::OpenOptions::new()
+        .write(true)
+        .open(tmp.as_path())
+        .unwrap()
+        .set_len(len)
+        .unwrap();
+}
+
+#[test]
+fn shrunk_image_fails_past_the_new_end_and_never_grows_back() {
+    for cache in [CacheMode::Writeback, CacheMode::None] {
+        let tmp = patterned_image(64 * 1024);
+        let mut b = match FileBackend::open(tmp.as_path(), false, cache, true) {
+            Ok(b) => b,
+            Err(FileBackendError::DirectIoUnsupported { .. }) => continue,
+            Err(e) => panic!("{e}"),
+        };
+        truncate_behind(&tmp, 32 * 1024 + 100);
+        assert_eq!(b.size(), 64 * 1024, "the size the guest was told stays");
+
+        let err = read_vec(&mut b, 40 * 1024, &[512]).unwrap_err();
+        assert!(err.to_string().contains("shrank"), "{cache:?}: {err}");
+        assert!(read_vec(&mut b, 32 * 1024, &[512]).is_err(), "straddles the end");
+        assert_eq!(read_vec(&mut b, 0, &[4096]).unwrap(), pattern(4096), "{cache:?}");
+
+        let err = write_vec(&mut b, 48 * 1024, &[&[7; 512]]).unwrap_err();
+        assert!(err.to_string().contains("truncated"), "{cache:?}: {err}");
+        assert!(write_vec(&mut b, 32 * 1024, &[&[7; 512]]).is_err());
+        assert!(b.write_zeroes(60 * 1024, 4096, false).is_err());
+        assert!(b.write_zeroes(60 * 1024, 4096, true).is_err());
+        assert_eq!(
+            fs::metadata(tmp.as_path()).unwrap().len(),
+            32 * 1024 + 100,
+            "{cache:?}: the file must not grow back"
+        );
+        write_vec(&mut b, 4096, &[&[7; 512]]).unwrap();
+        b.discard(60 * 1024, 4096).unwrap();
+        assert_eq!(contents(&tmp)[4096..4608], [7; 512]);
+        assert_eq!(fs::metadata(tmp.as_path()).unwrap().len(), 32 * 1024 + 100);
+    }
 }

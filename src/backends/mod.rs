@@ -1,5 +1,6 @@
 //! Host-side I/O backends. Nothing in here knows about virtio.
 
 pub mod file;
+pub mod image_io;
 
 pub use file::{CacheMode, FileBackend, FileBackendError};

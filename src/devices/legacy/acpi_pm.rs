@@ -62,7 +62,7 @@ impl BusDevice for AcpiPmDevice {
             return;
         }
         if value == RESET_VALUE {
-            log::info!("guest requested a reset through the ACPI reset register");
+            info_guest!("guest requested a reset through the ACPI reset register");
             self.exit.notify(ExitReason::Reset);
             return;
         }
@@ -72,12 +72,12 @@ impl BusDevice for AcpiPmDevice {
         if value & SLP_EN != 0 {
             let sleep_type = (value & SLP_TYP_MASK) >> SLP_TYP_SHIFT;
             if sleep_type == SLP_TYP_S5 {
-                log::info!("guest requested ACPI S5 (power off)");
+                info_guest!("guest requested ACPI S5 (power off)");
                 self.exit.notify(ExitReason::PowerOff);
             } else {
                 // Only \_S5_ is declared, so a well-behaved guest never
                 // gets here; pretend to wake up immediately.
-                log::info!("ignoring request for unsupported ACPI sleep type {sleep_type}");
+                info_guest!("ignoring request for unsupported ACPI sleep type {sleep_type}");
                 self.wake_status = true;
             }
         }

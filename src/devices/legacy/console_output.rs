@@ -46,7 +46,7 @@ impl ConsoleOutput {
             self.timer_armed = false;
         }
         if let Err(e) = self.write_through() {
-            log::debug!("console output failed: {e}");
+            debug_guest!("console output failed: {e}");
         }
     }
 

@@ -44,16 +44,16 @@ impl BusDevice for PvPanicDevice {
             return;
         }
         if value & PVPANIC_PANICKED != 0 {
-            log::warn!("guest kernel panicked (pvpanic event {value:#x}); stopping the VM");
+            warn_guest!("guest kernel panicked (pvpanic event {value:#x}); stopping the VM");
             self.exit.notify(ExitReason::GuestPanic);
         }
         if value & PVPANIC_CRASH_LOADED != 0 {
             // The guest keeps running into its crash kernel: nothing to stop.
-            log::warn!("guest kernel crashed and is booting its crash kernel (pvpanic)");
+            warn_guest!("guest kernel crashed and is booting its crash kernel (pvpanic)");
         }
         let unknown = value & !PVPANIC_CAPABILITIES;
         if unknown != 0 {
-            log::debug!("ignoring unadvertised pvpanic event bits {unknown:#x}");
+            debug_guest!("ignoring unadvertised pvpanic event bits {unknown:#x}");
         }
     }
 }

@@ -7,7 +7,6 @@
 
 use std::sync::Arc;
 
-use log::{debug, error};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestAddress, GuestMemoryBackend};
 
@@ -215,7 +214,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
     /// the queue ready.
     pub fn notify_queue(&mut self, index: u32) {
         if !self.active {
-            debug!("virtio-mmio: notification for queue {index} before DRIVER_OK ignored");
+            debug_guest!("virtio-mmio: notification for queue {index} before DRIVER_OK ignored");
             return;
         }
         let Some(queue) = self.queues.get_mut(index as usize) else {
@@ -223,7 +222,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
             return;
         };
         if !queue.ready() {
-            debug!("virtio-mmio: notification for disabled queue {index} ignored");
+            debug_guest!("virtio-mmio: notification for disabled queue {index} ignored");
             return;
         }
         if let Err(e) = self.device.process_queue(index as usize, queue) {
@@ -260,7 +259,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
         self.device_status |= DEVICE_NEEDS_RESET;
         if self.device_status & DRIVER_OK != 0 {
             if let Err(e) = self.interrupt.trigger(INTERRUPT_CONFIG) {
-                error!("virtio-mmio: cannot signal the guest: {e}");
+                error_guest!("virtio-mmio: cannot signal the guest: {e}");
             }
         }
     }
@@ -332,7 +331,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
             if self.device_status & DEVICE_NEEDS_RESET != 0 {
                 warn_guest!("virtio-mmio: driver set DRIVER_OK on a device that needs a reset");
             } else if let Err(e) = self.activate() {
-                error!(
+                warn_guest!(
                     "virtio-mmio: refusing to start device {}: {e}",
                     self.device.device_type()
                 );
@@ -340,7 +339,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
             }
         }
         if added & FAILED != 0 {
-            debug!(
+            debug_guest!(
                 "virtio-mmio: driver gave up on device {}",
                 self.device.device_type()
             );
@@ -411,7 +410,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
             // The config space never changes under the driver.
             reg::CONFIG_GENERATION => 0,
             _ => {
-                debug!("virtio-mmio: read of write-only or unknown register {offset:#x}");
+                debug_guest!("virtio-mmio: read of write-only or unknown register {offset:#x}");
                 0
             }
         }

@@ -6,9 +6,8 @@
 //! events to the event loop.
 
 use std::io;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Instant;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 
 use kvm_ioctls::{IoEventAddress, VmFd};
 use virtio_queue::Queue;
@@ -18,17 +17,6 @@ use crate::arch::x86_64::layout;
 use crate::devices::bus::{Bus, BusError};
 use crate::devices::EventLoop;
 use crate::vstate::memory::GuestMemoryMmap;
-
-/// Logs a warning at most once a second per call site: guests can trigger
-/// these at will and must not be able to flood the host log.
-macro_rules! warn_guest {
-    ($($arg:tt)+) => {{
-        static LAST_LOGGED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        if $crate::devices::virtio::log_slot_free(&LAST_LOGGED) {
-            log::warn!($($arg)+);
-        }
-    }};
-}
 
 pub mod block;
 pub mod handler;
@@ -271,18 +259,6 @@ pub fn attach_mmio_device<D: VirtioDevice + 'static>(
     Ok(())
 }
 
-/// Whether a rate-limited call site may log now (see `warn_guest!`).
-pub(crate) fn log_slot_free(last_logged: &AtomicU64) -> bool {
-    static START: OnceLock<Instant> = OnceLock::new();
-    // +1 so that 0 stays "never logged".
-    let now = START.get_or_init(Instant::now).elapsed().as_secs() + 1;
-    let last = last_logged.load(Ordering::Relaxed);
-    last != now
-        && last_logged
-            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-            .is_ok()
-}
-
 /// Copies the part of `config` at `offset` into `data`; the rest reads as 0.
 pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
     data.fill(0);
@@ -391,12 +367,5 @@ mod tests {
         };
         let err = attach_mmio_device(&vm, &mem, &mut bus, &mut event_loop, tiny, disk());
         assert!(matches!(err, Err(VirtioError::WindowTooSmall { .. })));
-    }
-
-    #[test]
-    fn rate_limit_allows_one_per_second() {
-        let last = AtomicU64::new(0);
-        assert!(log_slot_free(&last));
-        assert!(!log_slot_free(&last));
     }
 }

@@ -5,7 +5,6 @@ use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use log::{debug, error};
 use virtio_queue::Queue;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, VolatileSlice};
 
@@ -81,7 +80,7 @@ impl BlockDevice {
         Ok(Self::with_backend(backend, id))
     }
 
-    fn with_backend(backend: FileBackend, id: [u8; ID_BYTES]) -> Self {
+    pub(super) fn with_backend(backend: FileBackend, id: [u8; ID_BYTES]) -> Self {
         let read_only = backend.is_read_only();
         let mut features = [
             VIRTIO_F_VERSION_1,
@@ -121,7 +120,9 @@ impl BlockDevice {
         }
     }
 
-    /// Disk size in 512-byte sectors.
+    /// Disk size in 512-byte sectors, fixed when the image is opened. If
+    /// another process shrinks a shared image, the guest is not told (there
+    /// is no resize): its requests past the new end get IOERR.
     pub fn capacity_sectors(&self) -> u64 {
         self.limits.capacity / SECTOR_SIZE
     }
@@ -155,7 +156,7 @@ impl VirtioDevice for BlockDevice {
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
         // `writeback` is the only writable field, and needs CONFIG_WCE.
-        debug!(
+        debug_guest!(
             "virtio-blk: ignoring {}-byte config write at {offset:#x}",
             data.len()
         );
@@ -163,10 +164,15 @@ impl VirtioDevice for BlockDevice {
 
     fn activate(
         &mut self,
-        _acked_features: u64,
+        acked_features: u64,
         mem: GuestMemoryMmap,
         interrupt: Arc<dyn Interrupt>,
     ) -> Result<(), VirtioError> {
+        // A driver without the flush command assumes there is no volatile
+        // write cache (Linux: virtblk_get_cache_mode), so each write must be
+        // durable when it completes.
+        let flush_negotiated = acked_features & (1 << VIRTIO_BLK_F_FLUSH) != 0;
+        self.backend.set_write_through(!flush_negotiated);
         self.active = Some(Active { mem, interrupt });
         Ok(())
     }
@@ -186,7 +192,7 @@ impl VirtioDevice for BlockDevice {
         let notify = drain_queue(queue, mem, |chain| handle_chain(backend, id, limits, mem, chain))?;
         if notify {
             if let Err(e) = active.interrupt.trigger(INTERRUPT_VRING) {
-                error!("virtio-blk: cannot signal the guest: {e}");
+                error_guest!("virtio-blk: cannot signal the guest: {e}");
             }
         }
         Ok(())
@@ -194,6 +200,7 @@ impl VirtioDevice for BlockDevice {
 
     fn reset(&mut self) {
         self.active = None;
+        self.backend.set_write_through(false);
     }
 }
 
@@ -233,7 +240,7 @@ fn complete(mem: &GuestMemoryMmap, status: GuestAddress, code: u8, written: u32)
         Ok(()) => written.saturating_add(1),
         // Checked during parsing; guest memory does not shrink.
         Err(e) => {
-            error!("virtio-blk: cannot write request status: {e}");
+            error_guest!("virtio-blk: cannot write request status: {e}");
             written
         }
     }
