@@ -181,7 +181,12 @@ impl VcpuHandle {
 /// A kick that lands just before KVM_RUN sets immediate_exit, so a kicked
 /// thread cannot go back into the guest; repeating covers a kick that
 /// landed before the thread installed its handler pointer.
-pub fn stop_all(stop: &AtomicBool, handles: Vec<VcpuHandle>) {
+///
+/// Returns how many threads did not stop (stuck in a device, say) and
+/// were left running: until the process exits they may still use the VM
+/// and guest memory, so the caller must keep both.
+#[must_use]
+pub fn stop_all(stop: &AtomicBool, handles: Vec<VcpuHandle>) -> usize {
     stop.store(true, Ordering::Release);
     for _ in 0..4000 {
         if handles.iter().all(VcpuHandle::is_finished) {
@@ -190,11 +195,56 @@ pub fn stop_all(stop: &AtomicBool, handles: Vec<VcpuHandle>) {
         handles.iter().for_each(VcpuHandle::kick);
         std::thread::sleep(std::time::Duration::from_micros(50));
     }
+    let mut left_behind = 0;
     for h in handles {
         if h.is_finished() {
             h.join();
         } else {
             log::error!("vCPU {} did not stop; leaving it behind", h.index);
+            left_behind += 1;
         }
+    }
+    left_behind
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A thread that ignores the stop flag and kicks stays behind and is
+    /// counted; one that honours them is joined.
+    #[test]
+    fn stop_all_counts_threads_it_could_not_join() {
+        install_kick_handler().unwrap();
+        let release = Arc::new(AtomicBool::new(false));
+        let stuck = {
+            let release = release.clone();
+            std::thread::spawn(move || {
+                while !release.load(Ordering::Acquire) {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+            })
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let obedient = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Acquire) {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+            })
+        };
+        let handles = vec![
+            VcpuHandle {
+                index: 0,
+                handle: obedient,
+            },
+            VcpuHandle {
+                index: 1,
+                handle: stuck,
+            },
+        ];
+        assert_eq!(stop_all(&stop, handles), 1);
+        release.store(true, Ordering::Release);
     }
 }
