@@ -18,6 +18,9 @@ pub const DEFAULT_CPUS: u8 = 1;
 pub const DEFAULT_MEMORY_MIB: u64 = 128;
 /// Below this a Linux kernel cannot even decompress; tiny guests fit easily.
 pub const MIN_MEMORY_MIB: u64 = 2;
+/// Guest RAM must fit, with the 1 GiB MMIO gap below 4 GiB, in the 46 bits
+/// of guest-physical address space every x86_64 KVM host offers.
+pub const MAX_MEMORY_MIB: u64 = ((1 << 46) - layout::MMIO_GAP_END + layout::MMIO_GAP_START) >> 20;
 /// The MP table and our u8 APIC IDs cap the vCPU count below 255.
 pub const MAX_CPUS: u8 = 254;
 
@@ -29,7 +32,7 @@ pub enum ConfigError {
     TooManyCpus(u64),
     #[error("--memory {0} MiB is too small; give at least {MIN_MEMORY_MIB} MiB")]
     MemoryTooSmall(u64),
-    #[error("--memory {0} MiB is too large for a 64-bit guest address space")]
+    #[error("--memory {0} MiB is more than a guest can address; give at most {MAX_MEMORY_MIB} MiB")]
     MemoryTooLarge(u64),
     #[error("the kernel command line is {len} bytes; the limit is {max} (x86 COMMAND_LINE_SIZE)")]
     CmdlineTooLong { len: usize, max: usize },
@@ -149,8 +152,9 @@ impl VmConfig {
         }
     }
 
-    pub fn memory_bytes(&self) -> u64 {
-        self.memory_mib << 20
+    /// Guest RAM in bytes; fails as [`validate_memory`] does.
+    pub fn memory_bytes(&self) -> Result<u64, ConfigError> {
+        validate_memory(self.memory_mib)
     }
 
     /// Checks everything that needs no host access.
@@ -159,7 +163,7 @@ impl VmConfig {
             return Err(ConfigError::RootNotFirst);
         }
         validate_cpus(u64::from(self.cpus))?;
-        validate_memory(self.memory_mib)?;
+        self.memory_bytes()?;
         validate_disks(&self.disks)?;
         validate_cmdline(&self.cmdline, layout::CMDLINE_MAX_SIZE)
     }
@@ -173,18 +177,18 @@ pub fn validate_cpus(cpus: u64) -> Result<u8, ConfigError> {
     }
 }
 
-pub fn validate_memory(mib: u64) -> Result<(), ConfigError> {
+/// Checks a `--memory` size and converts it to bytes: the one place that
+/// turns MiB into bytes, so no caller can wrap around.
+pub fn validate_memory(mib: u64) -> Result<u64, ConfigError> {
     if mib < MIN_MEMORY_MIB {
         return Err(ConfigError::MemoryTooSmall(mib));
     }
-    // 46 bits of guest-physical space is what every x86_64 KVM host offers.
-    if mib
-        .checked_shl(20)
-        .is_none_or(|b| b > (1u64 << 46) - layout::MMIO_GAP_END)
-    {
+    if mib > MAX_MEMORY_MIB {
         return Err(ConfigError::MemoryTooLarge(mib));
     }
-    Ok(())
+    // A multiplication, not a shift: `checked_shl` only refuses shift
+    // counts of 64 or more and silently drops the bits shifted out.
+    mib.checked_mul(1 << 20).ok_or(ConfigError::MemoryTooLarge(mib))
 }
 
 /// `max` counts the terminating NUL, as the boot protocol's `cmdline_size`
@@ -210,7 +214,7 @@ mod tests {
     fn defaults_are_valid() {
         let c = VmConfig::new("vmlinux");
         assert_eq!(c.validate(), Ok(()));
-        assert_eq!(c.memory_bytes(), 128 << 20);
+        assert_eq!(c.memory_bytes(), Ok(128 << 20));
         assert!(c.cmdline.contains("console=ttyS0"));
     }
 
@@ -226,8 +230,8 @@ mod tests {
     #[test]
     fn memory_limits() {
         assert_eq!(validate_memory(1), Err(ConfigError::MemoryTooSmall(1)));
-        assert_eq!(validate_memory(2), Ok(()));
-        assert_eq!(validate_memory(64 << 10), Ok(()));
+        assert_eq!(validate_memory(2), Ok(2 << 20));
+        assert_eq!(validate_memory(64 << 10), Ok(64 << 30));
         assert_eq!(
             validate_memory(u64::MAX),
             Err(ConfigError::MemoryTooLarge(u64::MAX))
@@ -236,6 +240,14 @@ mod tests {
             validate_memory(1 << 27),
             Err(ConfigError::MemoryTooLarge(1 << 27))
         );
+        // 2^44 MiB is 2^64 bytes: a shift wraps it to 0, which would pass.
+        for mib in [1 << 44, (1 << 44) + 2048, 1 << 63] {
+            assert_eq!(validate_memory(mib), Err(ConfigError::MemoryTooLarge(mib)));
+            let mut c = VmConfig::new("k");
+            c.memory_mib = mib;
+            assert_eq!(c.memory_bytes(), Err(ConfigError::MemoryTooLarge(mib)));
+            assert_eq!(c.validate(), Err(ConfigError::MemoryTooLarge(mib)));
+        }
     }
 
     #[test]

@@ -118,6 +118,12 @@ fn memory_too_small_or_too_large() {
         2,
         "--memory 100000000",
     );
+    // 2^44 MiB is 2^64 bytes: a shift wrapped it to 0 bytes.
+    one_line(
+        &["boot", "--kernel", k, "--memory", "17592186044416"],
+        2,
+        "--memory 17592186044416 MiB is more than a guest can address",
+    );
     // Fits the address space but not this host.
     one_line(&["boot", "--kernel", k, "--memory", "16000000"], 2, "RAM");
     // The kernel is linked at 16 MiB: 8 MiB cannot hold it.

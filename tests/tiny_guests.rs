@@ -21,6 +21,94 @@ fn prints_through_the_uart_and_resets_with_status_zero() {
     assert!(out.stderr.is_empty(), "unexpected stderr: {}", out.stderr);
 }
 
+/// `rep outsb` hands KVM's exit a whole string at once; every byte of it
+/// must reach the console, not only the first.
+#[test]
+fn rep_outsb_prints_the_whole_string() {
+    let dir = scratch("outsb");
+    let src = format!(
+        r#"
+    .code64
+    .globl _start
+_start:
+    cld
+    lea msg(%rip), %rsi
+    mov $(msg_end - msg), %rcx
+    mov $0x3f8, %dx
+    rep outsb
+{RESET}msg: .ascii "string port I/O, every byte of it\n"
+msg_end:
+"#
+    );
+    let out = boot(&assemble(&dir, "outsb", &src), &[]);
+    assert_eq!(out.code, Some(0), "stderr: {}", out.stderr);
+    assert_eq!(out.stdout, "string port I/O, every byte of it\n");
+}
+
+/// `rep insb` from COM1: first 4 reads of the scratch register (each must
+/// see it), then, once input is ready, 5 bytes from the receive FIFO (each
+/// must pop one byte). Prints what it read with plain `out`s.
+const INSB_GUEST: &str = r#"
+    .code64
+    .globl _start
+_start:
+    cld
+    mov $0x3ff, %dx            # scratch register
+    mov $'s', %al
+    out %al, %dx
+    mov $0x6000, %rdi
+    mov $4, %rcx
+    rep insb
+    mov $0x3fd, %dx            # LSR
+wait:
+    in %dx, %al
+    test $1, %al               # data ready
+    jz wait
+    mov $0x3f8, %dx
+    mov $5, %rcx
+    rep insb
+    mov $0x6000, %rsi
+    mov $9, %rcx
+print:
+    lodsb
+    out %al, %dx
+    dec %rcx
+    jnz print
+    mov $0xfe, %al
+    out %al, $0x64
+    hlt
+"#;
+
+#[test]
+fn rep_insb_reads_every_byte() {
+    use std::io::Write;
+    let dir = scratch("insb");
+    let guest = assemble(&dir, "insb", INSB_GUEST);
+    let mut child = std::process::Command::new(common::kiln())
+        .args(["boot", "--kernel", guest.to_str().unwrap(), "--memory", "64"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // One write: the UART gets all 5 bytes before the guest sees any.
+    child.stdin.take().unwrap().write_all(b"kiln\n").unwrap();
+    let pid = child.id() as i32;
+    std::thread::spawn(move || {
+        std::thread::sleep(TIMEOUT);
+        // SAFETY: kill(2); at worst the pid is already gone.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    });
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "sssskiln\n");
+}
+
 #[test]
 fn triple_fault_is_a_clear_nonzero_exit() {
     let dir = scratch("triple");

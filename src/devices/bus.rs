@@ -72,9 +72,24 @@ impl Bus {
     /// Dispatches a guest read. Returns false when nothing lives at `addr`;
     /// `data` is then filled with ones, as an unclaimed bus reads on x86.
     pub fn read(&self, addr: u64, data: &mut [u8]) -> bool {
+        self.read_repeated(addr, data.len(), data)
+    }
+
+    /// Dispatches a guest write. Returns false when nothing lives at `addr`.
+    pub fn write(&self, addr: u64, data: &[u8]) -> bool {
+        self.write_repeated(addr, data.len(), data)
+    }
+
+    /// Dispatches `data` as consecutive reads of `size` bytes each from the
+    /// same address, as a string instruction (`rep insb`) makes them: the
+    /// device sees every access, in order.
+    pub fn read_repeated(&self, addr: u64, size: usize, data: &mut [u8]) -> bool {
         match self.find(addr) {
             Some((e, offset)) => {
-                lock(&e.device).read(offset, data);
+                let mut device = lock(&e.device);
+                for access in data.chunks_mut(size.max(1)) {
+                    device.read(offset, access);
+                }
                 true
             }
             None => {
@@ -84,11 +99,15 @@ impl Bus {
         }
     }
 
-    /// Dispatches a guest write. Returns false when nothing lives at `addr`.
-    pub fn write(&self, addr: u64, data: &[u8]) -> bool {
+    /// Dispatches `data` as consecutive writes of `size` bytes each to the
+    /// same address, as a string instruction (`rep outsb`) makes them.
+    pub fn write_repeated(&self, addr: u64, size: usize, data: &[u8]) -> bool {
         match self.find(addr) {
             Some((e, offset)) => {
-                lock(&e.device).write(offset, data);
+                let mut device = lock(&e.device);
+                for access in data.chunks(size.max(1)) {
+                    device.write(offset, access);
+                }
                 true
             }
             None => false,
@@ -103,14 +122,19 @@ mod tests {
     #[derive(Default)]
     struct Recorder {
         last_write: Option<(u64, Vec<u8>)>,
+        writes: Vec<Vec<u8>>,
+        reads: u8,
     }
 
     impl BusDevice for Recorder {
+        /// Answers with the offset plus how many reads came before.
         fn read(&mut self, offset: u64, data: &mut [u8]) {
-            data.fill(offset as u8);
+            data.fill((offset as u8).wrapping_add(self.reads));
+            self.reads = self.reads.wrapping_add(1);
         }
         fn write(&mut self, offset: u64, data: &[u8]) {
             self.last_write = Some((offset, data.to_vec()));
+            self.writes.push(data.to_vec());
         }
     }
 
@@ -124,6 +148,26 @@ mod tests {
         assert_eq!(b, [2]);
         assert!(bus.write(0x3ff, &[7]));
         assert_eq!(dev.lock().unwrap().last_write, Some((7, vec![7])));
+    }
+
+    /// `rep outsw` of three words and `rep insb` of four bytes: one device
+    /// access per element, not one for the whole buffer.
+    #[test]
+    fn repeated_accesses_reach_the_device_one_by_one() {
+        let dev = Arc::new(Mutex::new(Recorder::default()));
+        let mut bus = Bus::new();
+        bus.insert(0x3f8, 8, dev.clone()).unwrap();
+        assert!(bus.write_repeated(0x3f8, 2, b"abcdef"));
+        assert_eq!(dev.lock().unwrap().writes, [b"ab", b"cd", b"ef"]);
+        let mut b = [0u8; 4];
+        assert!(bus.read_repeated(0x3f9, 1, &mut b));
+        assert_eq!(b, [1, 2, 3, 4]);
+        // A zero size (KVM never sends one) means bytes, not a panic.
+        assert!(bus.write_repeated(0x3f8, 0, b"xy"));
+        assert_eq!(dev.lock().unwrap().writes[3..], [b"x", b"y"]);
+        let mut b = [0u8; 3];
+        assert!(!Bus::new().read_repeated(0x80, 1, &mut b));
+        assert_eq!(b, [0xff; 3]);
     }
 
     #[test]

