@@ -2,5 +2,6 @@
 
 pub mod file;
 pub mod image_io;
+pub mod tap;
 
 pub use file::{CacheMode, FileBackend, FileBackendError};

@@ -21,6 +21,7 @@ use crate::vstate::memory::GuestMemoryMmap;
 pub mod block;
 pub mod handler;
 pub mod mmio;
+pub mod net;
 pub mod queue;
 
 pub use handler::MmioEventHandler;
