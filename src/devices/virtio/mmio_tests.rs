@@ -54,15 +54,15 @@ impl VirtioDevice for FakeDevice {
         self.record.lock().unwrap().activations.push(acked);
         Ok(())
     }
-    fn process_queue(&mut self, index: usize, queue: &mut Queue) -> Result<(), QueueError> {
+    fn process_queue(&mut self, index: usize, queue: &mut Queue) -> Result<PassEnd, QueueError> {
         let mut record = self.record.lock().unwrap();
         record
             .processed
             .push((index, queue.size(), queue.desc_table(), queue.event_idx_enabled()));
         if record.fail_process {
-            return Err(QueueError::NoProgress);
+            return Err(QueueError::HeadOutOfRange { head: 9, size: 8 });
         }
-        Ok(())
+        Ok(PassEnd::Drained)
     }
     fn reset(&mut self) {
         self.record.lock().unwrap().resets += 1;
@@ -462,8 +462,8 @@ fn rejects_devices_with_bad_queue_maximum() {
         fn activate(&mut self, _: u64, _: GuestMemoryMmap, _: Arc<dyn Interrupt>) -> Result<(), VirtioError> {
             Ok(())
         }
-        fn process_queue(&mut self, _: usize, _: &mut Queue) -> Result<(), QueueError> {
-            Ok(())
+        fn process_queue(&mut self, _: usize, _: &mut Queue) -> Result<PassEnd, QueueError> {
+            Ok(PassEnd::Drained)
         }
         fn reset(&mut self) {}
     }
