@@ -170,6 +170,11 @@ struct Walk {
     defect: Option<RequestError>,
 }
 
+/// How far a walk goes to find the status byte of a chain that is already
+/// refused: beyond any chain a queue holds directly, but not through a
+/// 65,535-entry indirect table, which would cost 64 times as much.
+const MAX_WALK: usize = 1024;
+
 fn walk_chain(mut chain: Chain<'_>, mem: &GuestMemoryMmap, max: usize) -> Result<Walk, RequestError> {
     let mut readable = Vec::new();
     let mut writable = Vec::new();
@@ -178,8 +183,12 @@ fn walk_chain(mut chain: Chain<'_>, mem: &GuestMemoryMmap, max: usize) -> Result
     let mut last = None;
     // The walk stops at queue size (or indirect table size), so a loop
     // ends here too; we keep walking after a defect only to find the status
-    // descriptor at the end.
+    // descriptor at the end, and not for long.
+    let give_up = max.max(MAX_WALK);
     for (count, desc) in chain.by_ref().enumerate() {
+        if count >= give_up {
+            return Err(RequestError::TooManyDescriptors { max });
+        }
         last = Some(desc);
         if defect.is_some() {
             continue;
