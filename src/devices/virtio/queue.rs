@@ -210,6 +210,7 @@ fn pop_head<Q: QueueT>(queue: &mut Q, mem: &GuestMemoryMmap) -> Result<u16, Queu
     let size = queue.size();
     let next = queue.next_avail();
     // flags, idx, then the ring; the activation checked it lies in memory.
+    // `size` is not 0: the caller saw 1 to `size` chains pending.
     let slot = queue
         .avail_ring()
         .checked_add(4 + 2 * u64::from(next % size))
