@@ -130,3 +130,125 @@ pub fn boot(guest: &Path, extra: &[&str]) -> Outcome {
     args.extend_from_slice(extra);
     run_kiln(&args, Duration::from_secs(20))
 }
+
+/// Starts the application processors at `ap32` in 32-bit protected mode
+/// (flat segments, no paging), so they can reach MMIO above 1 MiB. Append
+/// [`AP_TRAMPOLINE`] to the guest and define `ap32` in `.code32`; the BSP
+/// calls `start_aps` (clobbers %rax, %rcx, %rsi, %rdi).
+pub const START_APS: &str = r#"
+start_aps:
+    lea ap_start(%rip), %rsi
+    mov $0x10000, %rdi
+    mov $(ap_end - ap_start), %rcx
+    rep movsb
+    mov $0xfee00300, %rax
+    movl $0x000c4500, (%rax)     # INIT to all but self
+    movl $0x000c4610, (%rax)     # SIPI, vector 0x10 -> 0x10000
+    ret
+"#;
+
+/// Real mode at 0x10000 (CS = 0x1000) to protected mode, then `ap32`.
+pub const AP_TRAMPOLINE: &str = r#"
+    .code16
+ap_start:
+    cli
+    lgdtl %cs:(ap_gdtr - ap_start)
+    mov %cr0, %eax
+    or $1, %eax
+    mov %eax, %cr0
+    ljmpl $0x08, $(0x10000 + ap_flat - ap_start)
+    .code32
+ap_flat:
+    mov $0x10, %ax
+    mov %ax, %ds
+    mov %ax, %es
+    mov %ax, %ss
+    mov $ap32, %eax              # absolute: this code runs from its copy
+    jmp *%eax
+    .balign 8
+ap_gdt:
+    .quad 0
+    .quad 0x00cf9a000000ffff     # code: base 0, 4 GiB, 32-bit
+    .quad 0x00cf92000000ffff     # data: base 0, 4 GiB
+ap_gdtr:
+    .word ap_gdtr - ap_gdt - 1
+    .long 0x10000 + ap_gdt - ap_start
+ap_end:
+    .code64
+"#;
+
+/// kiln running a guest in the background, its console on a pipe; killed
+/// if the test ends (or fails) before it exits.
+pub struct Running {
+    pub child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Starts `kiln boot` with `args` after `--kernel guest --memory 64`.
+pub fn spawn(guest: &Path, args: &[&str]) -> Running {
+    let mut child = Command::new(kiln())
+        .args([
+            "boot",
+            "--kernel",
+            guest.to_str().expect("utf-8 path"),
+            "--memory",
+            "64",
+        ])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn kiln");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    Running { child, lines }
+}
+
+impl Running {
+    /// The guest's next console line, if one comes within `timeout`.
+    pub fn line(&self, timeout: Duration) -> Option<String> {
+        self.lines.recv_timeout(timeout).ok()
+    }
+
+    /// Sends SIGTERM and returns how long kiln took to exit and its exit
+    /// code, or `None` (after killing it) if it took longer than `limit`.
+    pub fn terminate(mut self, limit: Duration) -> (Option<(Duration, Option<i32>)>, String) {
+        // SAFETY: kill(2) on our own child, which has not been reaped.
+        assert_eq!(unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) }, 0);
+        let start = Instant::now();
+        let outcome = loop {
+            if let Some(status) = self.child.try_wait().expect("wait for kiln") {
+                break Some((start.elapsed(), status.code()));
+            }
+            if start.elapsed() > limit {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_micros(500));
+        };
+        let mut stderr = String::new();
+        if let Some(mut err) = self.child.stderr.take() {
+            let _ = err.read_to_string(&mut stderr);
+        }
+        (outcome, stderr)
+    }
+}

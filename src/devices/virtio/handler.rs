@@ -72,7 +72,7 @@ mod tests {
     use crate::devices::bus::BusDevice;
     use crate::devices::virtio::queue::QueueError;
     use crate::devices::virtio::status::{ACKNOWLEDGE, DRIVER, DRIVER_OK, FEATURES_OK};
-    use crate::devices::virtio::{Interrupt, IrqfdInterrupt, VirtioError};
+    use crate::devices::virtio::{Interrupt, IrqfdInterrupt, PassEnd, VirtioError};
     use crate::vstate::memory::GuestMemoryMmap;
 
     struct Counter(Arc<AtomicUsize>);
@@ -94,9 +94,9 @@ mod tests {
         fn activate(&mut self, _: u64, _: GuestMemoryMmap, _: Arc<dyn Interrupt>) -> Result<(), VirtioError> {
             Ok(())
         }
-        fn process_queue(&mut self, _: usize, _: &mut Queue) -> Result<(), QueueError> {
+        fn process_queue(&mut self, _: usize, _: &mut Queue) -> Result<PassEnd, QueueError> {
             self.0.fetch_add(1, Ordering::SeqCst);
-            Ok(())
+            Ok(PassEnd::Drained)
         }
         fn reset(&mut self) {}
     }
@@ -147,3 +147,7 @@ mod tests {
         assert_eq!(calls.load(Ordering::SeqCst), 1);
     }
 }
+
+#[cfg(test)]
+#[path = "handler_tests.rs"]
+mod pass_tests;

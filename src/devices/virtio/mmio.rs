@@ -5,14 +5,16 @@
 //! when the driver sets DRIVER_OK; only then are `Queue`s built and the
 //! device activated. Nothing the guest writes can make it panic.
 
+use std::io;
 use std::sync::Arc;
 
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestAddress, GuestMemoryBackend};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::features::{VIRTIO_F_RING_EVENT_IDX, VIRTIO_F_VERSION_1};
 use super::status::{ACKNOWLEDGE, DEVICE_NEEDS_RESET, DRIVER, DRIVER_OK, FAILED, FEATURES_OK};
-use super::{Interrupt, IrqfdInterrupt, VirtioDevice, VirtioError, INTERRUPT_CONFIG};
+use super::{Interrupt, IrqfdInterrupt, PassEnd, VirtioDevice, VirtioError, INTERRUPT_CONFIG};
 use crate::devices::bus::BusDevice;
 use crate::vstate::memory::GuestMemoryMmap;
 
@@ -76,6 +78,8 @@ pub enum MmioError {
     QueueOutsideMemory { index: usize },
     #[error("the device failed to activate: {0}")]
     Device(Box<VirtioError>),
+    #[error("cannot create a queue notifier eventfd: {0}; check the open-file limit (ulimit -n)")]
+    Notifier(io::Error),
 }
 
 /// What the driver wrote for one queue; turned into a `Queue` at DRIVER_OK.
@@ -165,6 +169,9 @@ pub struct MmioTransport<D: VirtioDevice> {
     setups: Vec<QueueSetup>,
     /// Built at DRIVER_OK; empty while the device is not active.
     queues: Vec<Queue>,
+    /// One per queue: KVM signals them on `QueueNotify` writes, and we
+    /// signal one ourselves when a pass yields with work left.
+    queue_notifiers: Vec<EventFd>,
     active: bool,
 }
 
@@ -181,6 +188,11 @@ impl<D: VirtioDevice> MmioTransport<D> {
                 max: setup.max_size,
             })?;
         }
+        let queue_notifiers = setups
+            .iter()
+            .map(|_| EventFd::new(EFD_NONBLOCK))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(MmioError::Notifier)?;
         Ok(Self {
             device,
             mem,
@@ -193,8 +205,15 @@ impl<D: VirtioDevice> MmioTransport<D> {
             queue_sel: 0,
             setups,
             queues: Vec::new(),
+            queue_notifiers,
             active: false,
         })
+    }
+
+    /// The per-queue notifiers, in queue order, to register with KVM as
+    /// ioeventfds and to watch in the event loop.
+    pub fn queue_notifiers(&self) -> &[EventFd] {
+        &self.queue_notifiers
     }
 
     pub fn device(&self) -> &D {
@@ -211,7 +230,9 @@ impl<D: VirtioDevice> MmioTransport<D> {
 
     /// The driver notified queue `index`, through the ioeventfd or a
     /// trapped `QueueNotify` write. Ignored unless the device is active and
-    /// the queue ready.
+    /// the queue ready. Runs one bounded pass; if it yields, the queue's
+    /// notifier is signalled so the event loop comes back for the rest
+    /// after serving everything else that is ready.
     pub fn notify_queue(&mut self, index: u32) {
         if !self.active {
             debug_guest!("virtio-mmio: notification for queue {index} before DRIVER_OK ignored");
@@ -225,9 +246,25 @@ impl<D: VirtioDevice> MmioTransport<D> {
             debug_guest!("virtio-mmio: notification for disabled queue {index} ignored");
             return;
         }
-        if let Err(e) = self.device.process_queue(index as usize, queue) {
-            warn_guest!("virtio-mmio: queue {index} failed: {e}");
-            self.needs_reset();
+        match self.device.process_queue(index as usize, queue) {
+            Ok(PassEnd::Drained) => {}
+            Ok(PassEnd::Yielded) => self.rearm(index),
+            Err(e) => {
+                warn_guest!("virtio-mmio: queue {index} failed: {e}");
+                self.needs_reset();
+            }
+        }
+    }
+
+    /// Schedules another pass over queue `index`.
+    fn rearm(&mut self, index: u32) {
+        let Some(notifier) = self.queue_notifiers.get(index as usize) else {
+            return;
+        };
+        if let Err(e) = notifier.write(1) {
+            // Only a counter at its maximum refuses, and then a pass is
+            // pending anyway.
+            log::error!("virtio-mmio: cannot reschedule queue {index}: {e}");
         }
     }
 

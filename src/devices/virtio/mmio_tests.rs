@@ -18,6 +18,8 @@ struct Record {
     processed: Vec<(usize, u16, u64, bool)>,
     config_writes: Vec<(u64, Vec<u8>)>,
     fail_process: bool,
+    /// Passes end with work left.
+    yield_pass: bool,
 }
 
 struct FakeDevice {
@@ -54,15 +56,19 @@ impl VirtioDevice for FakeDevice {
         self.record.lock().unwrap().activations.push(acked);
         Ok(())
     }
-    fn process_queue(&mut self, index: usize, queue: &mut Queue) -> Result<(), QueueError> {
+    fn process_queue(&mut self, index: usize, queue: &mut Queue) -> Result<PassEnd, QueueError> {
         let mut record = self.record.lock().unwrap();
         record
             .processed
             .push((index, queue.size(), queue.desc_table(), queue.event_idx_enabled()));
         if record.fail_process {
-            return Err(QueueError::NoProgress);
+            return Err(QueueError::HeadOutOfRange { head: 9, size: 8 });
         }
-        Ok(())
+        Ok(if record.yield_pass {
+            PassEnd::Yielded
+        } else {
+            PassEnd::Drained
+        })
     }
     fn reset(&mut self) {
         self.record.lock().unwrap().resets += 1;
@@ -307,6 +313,23 @@ fn queue_layout_is_frozen_once_ready_or_running() {
     assert_eq!(f.record.lock().unwrap().processed.len(), 1);
 }
 
+/// A pass that yields, even one started by a trapped QueueNotify write on
+/// a vCPU thread, leaves the queue's notifier signalled so that the event
+/// loop runs the next pass; one that drains does not.
+#[test]
+fn a_yielded_pass_signals_the_queue_notifier() {
+    let mut f = fixture();
+    f.boot();
+    f.record.lock().unwrap().yield_pass = true;
+    f.write(reg::QUEUE_NOTIFY, 1);
+    assert_eq!(f.t.queue_notifiers()[1].read().unwrap(), 1);
+    assert!(f.t.queue_notifiers()[0].read().is_err(), "nothing for queue 0");
+    f.record.lock().unwrap().yield_pass = false;
+    f.t.notify_queue(1);
+    assert!(f.t.queue_notifiers()[1].read().is_err(), "drained: no rearm");
+    assert_eq!(f.record.lock().unwrap().processed.len(), 2);
+}
+
 #[test]
 fn disabling_a_running_queue_stops_processing() {
     let mut f = fixture();
@@ -462,8 +485,8 @@ fn rejects_devices_with_bad_queue_maximum() {
         fn activate(&mut self, _: u64, _: GuestMemoryMmap, _: Arc<dyn Interrupt>) -> Result<(), VirtioError> {
             Ok(())
         }
-        fn process_queue(&mut self, _: usize, _: &mut Queue) -> Result<(), QueueError> {
-            Ok(())
+        fn process_queue(&mut self, _: usize, _: &mut Queue) -> Result<PassEnd, QueueError> {
+            Ok(PassEnd::Drained)
         }
         fn reset(&mut self) {}
     }

@@ -19,14 +19,17 @@ use crate::devices::EventLoop;
 use crate::vstate::memory::GuestMemoryMmap;
 
 pub mod block;
+mod chain;
 pub mod handler;
 pub mod mmio;
 pub mod net;
 pub mod queue;
+#[cfg(test)]
+pub(crate) mod test_utils;
 
 pub use handler::MmioEventHandler;
 pub use mmio::{MmioError, MmioTransport};
-pub use queue::QueueError;
+pub use queue::{PassEnd, QueueError};
 
 /// Device status bits (virtio 1.2 §2.1).
 pub mod status {
@@ -74,9 +77,11 @@ pub trait VirtioDevice: Send {
         interrupt: Arc<dyn Interrupt>,
     ) -> Result<(), VirtioError>;
     /// Handles buffers the driver made available on queue `index` (always a
-    /// ready queue of an activated device). An error marks the device as
-    /// needing a reset.
-    fn process_queue(&mut self, index: usize, queue: &mut Queue) -> Result<(), QueueError>;
+    /// ready queue of an activated device), in one bounded pass (see
+    /// [`queue::drain_queue`]). [`PassEnd::Yielded`] asks the transport for
+    /// another pass once the event loop has served everything else. An
+    /// error marks the device as needing a reset.
+    fn process_queue(&mut self, index: usize, queue: &mut Queue) -> Result<PassEnd, QueueError>;
     /// Returns to the pre-activation state; drops memory and interrupt.
     fn reset(&mut self);
 }
@@ -208,18 +213,17 @@ pub fn attach_mmio_device<D: VirtioDevice + 'static>(
             min: mmio::CONFIG_SPACE_OFFSET,
         });
     }
-    let num_queues = device.queue_max_sizes().len();
     let irqfd = EventFd::new(EFD_NONBLOCK).map_err(VirtioError::EventFd)?;
-    let queue_evts = (0..num_queues)
-        .map(|_| EventFd::new(EFD_NONBLOCK))
+    let interrupt = Arc::new(IrqfdInterrupt::new(irqfd));
+    let transport = MmioTransport::new(device, mem.clone(), interrupt.clone())?;
+    // KVM and the event loop share the transport's notifiers.
+    let queue_evts = transport
+        .queue_notifiers()
+        .iter()
+        .map(EventFd::try_clone)
         .collect::<Result<Vec<_>, _>>()
         .map_err(VirtioError::EventFd)?;
-    let interrupt = Arc::new(IrqfdInterrupt::new(irqfd));
-    let transport = Arc::new(Mutex::new(MmioTransport::new(
-        device,
-        mem.clone(),
-        interrupt.clone(),
-    )?));
+    let transport = Arc::new(Mutex::new(transport));
 
     let notify_addr = IoEventAddress::Mmio(slot.base + mmio::QUEUE_NOTIFY_OFFSET);
     let mut registered = Vec::new();

@@ -11,7 +11,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 use super::request_status::{IOERR, UNSUPP};
 use super::request_type::{DISCARD, FLUSH, GET_ID, IN, OUT, WRITE_ZEROES};
 use super::SECTOR_SIZE;
-use crate::devices::virtio::queue::Chain;
+use crate::devices::virtio::queue::{Chain, ChainFault};
 use crate::vstate::memory::GuestMemoryMmap;
 
 const HEADER_LEN: u64 = 16;
@@ -42,6 +42,20 @@ pub enum Operation {
     GetId { data: Vec<GuestRange> },
     Discard(Vec<Extent>),
     WriteZeroes(Vec<Extent>),
+}
+
+impl Operation {
+    /// Bytes of the image this request reads or writes (zeroes included);
+    /// what it costs the VMM thread, give or take.
+    pub fn io_bytes(&self) -> u64 {
+        match self {
+            Self::Read { data, .. } | Self::Write { data, .. } => total_len(data),
+            Self::WriteZeroes(extents) => extents.iter().map(|e| e.len).sum(),
+            // Deallocation writes no data; the pass's time limit covers a
+            // slow one, and a slow flush.
+            Self::Flush | Self::GetId { .. } | Self::Discard(_) => 0,
+        }
+    }
 }
 
 /// The outcome of parsing one chain.
@@ -75,8 +89,8 @@ pub struct Limits {
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum RequestError {
-    #[error("descriptor chain is cut short (bad next index, a loop, or longer than the queue)")]
-    BrokenChain,
+    #[error("descriptor chain is broken: {0}")]
+    BrokenChain(ChainFault),
     #[error("descriptor chain does not end in a device-writable status byte")]
     NoStatus,
     #[error("descriptor {addr:#x}+{len:#x} is outside guest memory")]
@@ -156,16 +170,25 @@ struct Walk {
     defect: Option<RequestError>,
 }
 
-fn walk_chain(chain: Chain<'_>, mem: &GuestMemoryMmap, max: usize) -> Result<Walk, RequestError> {
+/// How far a walk goes to find the status byte of a chain that is already
+/// refused: beyond any chain a queue holds directly, but not through a
+/// 65,535-entry indirect table, which would cost 64 times as much.
+const MAX_WALK: usize = 1024;
+
+fn walk_chain(mut chain: Chain<'_>, mem: &GuestMemoryMmap, max: usize) -> Result<Walk, RequestError> {
     let mut readable = Vec::new();
     let mut writable = Vec::new();
     let mut seen_writable = false;
     let mut defect = None;
     let mut last = None;
-    // The iterator stops at queue size (or indirect table size), so a loop
+    // The walk stops at queue size (or indirect table size), so a loop
     // ends here too; we keep walking after a defect only to find the status
-    // descriptor at the end.
-    for (count, desc) in chain.enumerate() {
+    // descriptor at the end, and not for long.
+    let give_up = max.max(MAX_WALK);
+    for (count, desc) in chain.by_ref().enumerate() {
+        if count >= give_up {
+            return Err(RequestError::TooManyDescriptors { max });
+        }
         last = Some(desc);
         if defect.is_some() {
             continue;
@@ -192,12 +215,11 @@ fn walk_chain(chain: Chain<'_>, mem: &GuestMemoryMmap, max: usize) -> Result<Wal
             readable.push(range);
         }
     }
-    let last = last.ok_or(RequestError::BrokenChain)?;
-    // The iterator ends early, with no error, on a bad next index, a read
-    // failure or an exhausted length budget.
-    if last.has_next() {
-        return Err(RequestError::BrokenChain);
+    // A walk that ends early leaves no status descriptor to answer in.
+    if let Some(fault) = chain.fault() {
+        return Err(RequestError::BrokenChain(fault));
     }
+    let last = last.ok_or(RequestError::NoStatus)?;
     let last_range = GuestRange {
         addr: last.addr(),
         len: u64::from(last.len()),

@@ -1,10 +1,10 @@
 //! Request handling through the device's queue, as a driver would submit it.
 
 use std::fs;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use virtio_queue::desc::{split::Descriptor, RawDescriptor};
+use virtio_queue::desc::RawDescriptor;
 use virtio_queue::mock::MockSplitQueue;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress};
@@ -14,7 +14,8 @@ use super::features::*;
 use super::request_status::{IOERR, OK};
 use super::request_type::*;
 use super::*;
-use crate::devices::virtio::{Interrupt, VirtioDevice};
+pub use crate::devices::virtio::test_utils::{link, r, w, CountingInterrupt, D, INDIRECT_FLAG, NEXT, WRITE};
+use crate::devices::virtio::VirtioDevice;
 use crate::vstate::memory::GuestMemoryMmap;
 
 pub const MEM_SIZE: u64 = 0x10_0000;
@@ -25,41 +26,6 @@ pub const INDIRECT: u64 = 0x3_2000;
 pub const DATA: u64 = 0x4_0000;
 pub const IMAGE_LEN: usize = 64 * 1024;
 pub const QUEUE_LEN: u16 = 256;
-pub const NEXT: u16 = 1;
-pub const WRITE: u16 = 2;
-pub const INDIRECT_FLAG: u16 = 4;
-
-#[derive(Default)]
-pub struct CountingInterrupt(pub AtomicU32);
-
-impl Interrupt for CountingInterrupt {
-    fn trigger(&self, _reason: u32) -> std::io::Result<()> {
-        self.0.fetch_add(1, Ordering::SeqCst);
-        Ok(())
-    }
-}
-
-/// A descriptor as the driver fills it in; chains are linked in order.
-#[derive(Clone, Copy, Debug)]
-pub struct D {
-    pub addr: u64,
-    pub len: u32,
-    pub flags: u16,
-}
-
-/// Device-readable.
-pub fn r(addr: u64, len: u32) -> D {
-    D { addr, len, flags: 0 }
-}
-
-/// Device-writable.
-pub fn w(addr: u64, len: u32) -> D {
-    D {
-        addr,
-        len,
-        flags: WRITE,
-    }
-}
 
 pub fn pattern(len: usize) -> Vec<u8> {
     (0..len).map(|i| (i % 251) as u8).collect()
@@ -78,6 +44,11 @@ pub fn harness(read_only: bool) -> Harness {
 
 pub fn harness_with(read_only: bool, id: Option<String>) -> Harness {
     let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)]).unwrap();
+    harness_in(mem, read_only, id)
+}
+
+/// A harness over `mem`, which must hold the first `MEM_SIZE` bytes.
+pub fn harness_in(mem: GuestMemoryMmap, read_only: bool, id: Option<String>) -> Harness {
     let image = TempFile::new().unwrap();
     fs::write(image.as_path(), pattern(IMAGE_LEN)).unwrap();
     let mut dev = BlockDevice::new(BlockConfig {
@@ -91,20 +62,6 @@ pub fn harness_with(read_only: bool, id: Option<String>) -> Harness {
     dev.activate(dev.device_features(), mem.clone(), irq.clone())
         .unwrap();
     Harness { mem, image, dev, irq }
-}
-
-/// Links `descs` into one chain stored at table index `first`.
-pub fn link(descs: &[D], first: u16) -> Vec<RawDescriptor> {
-    descs
-        .iter()
-        .enumerate()
-        .map(|(i, d)| {
-            let last = i + 1 == descs.len();
-            let flags = if last { d.flags } else { d.flags | NEXT };
-            let next = if last { 0 } else { first + i as u16 + 1 };
-            RawDescriptor::from(Descriptor::new(d.addr, d.len, flags, next))
-        })
-        .collect()
 }
 
 impl Harness {
@@ -276,11 +233,13 @@ fn discard_and_write_zeroes() {
     assert_eq!(h.submit(&[r(HDR, 16), r(DATA, 16), w(STATUS, 1)]), 1);
     assert_eq!(h.status(), OK);
 
+    // One segment per write-zeroes request (MAX_WRITE_ZEROES_SEGMENTS).
     h.header(WRITE_ZEROES, 0);
-    h.segment(DATA, 2, 2, 0);
-    h.segment(DATA + 16, 40, 3, 1);
-    assert_eq!(h.submit(&[r(HDR, 16), r(DATA, 32), w(STATUS, 1)]), 1);
-    assert_eq!(h.status(), OK);
+    for (sector, sectors, flags) in [(2, 2, 0), (40, 3, 1)] {
+        h.segment(DATA, sector, sectors, flags);
+        assert_eq!(h.submit(&[r(HDR, 16), r(DATA, 16), w(STATUS, 1)]), 1);
+        assert_eq!(h.status(), OK);
+    }
     let image = h.image_bytes();
     assert_eq!(image.len(), IMAGE_LEN);
     assert!(image[1024..2048].iter().all(|&b| b == 0));
