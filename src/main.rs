@@ -50,7 +50,8 @@ struct BootArgs {
     /// path=FILE[,root][,readonly][,id=ID][,cache=unsafe|writeback|none][,shared=on].
     /// `root` makes it /dev/vda and adds `root=/dev/vda rw` (ro if readonly)
     /// unless --cmdline sets root=; `readonly` never writes the file; `id` is
-    /// what the guest reads as its serial (20 characters at most); cache=none
+    /// what the guest reads as its serial (1 to 20 letters, digits, '_' or
+    /// '-', unique among the VM's devices); cache=none
     /// bypasses the host page cache (O_DIRECT), cache=unsafe ignores flushes;
     /// `shared=on` lets other processes open the image too (otherwise a
     /// writable image is locked).

@@ -185,3 +185,32 @@ fn default_guest_on_a_pvm_host_is_refused_before_building() {
     );
     assert!(out.elapsed < Duration::from_secs(2), "took {:?}", out.elapsed);
 }
+
+/// Issue 8: `--disk` goes through the shared spec parser (duplicate keys
+/// and stray commas are refused) and ids are checked across all disks, all
+/// before any image is opened.
+#[test]
+fn disk_spec_mistakes_are_usage_errors() {
+    let dir = scratch("disk-specs");
+    let kernel = hello(&dir);
+    let k = kernel.to_str().unwrap();
+    for (specs, needle) in [
+        (
+            &["path=a.img,path=b.img"][..],
+            "option path is given more than once",
+        ),
+        (&["path=a.img,"][..], "stray ','"),
+        (&["path=a.img,root=yes"][..], "root takes no value"),
+        (&["path=a.img,id=vol.1"][..], "id \"vol.1\" contains '.'"),
+        (
+            &["path=a.img,id=data", "path=b.img,id=data"][..],
+            "id \"data\" is given to more than one device",
+        ),
+    ] {
+        let mut args = vec!["boot", "--kernel", k];
+        for spec in specs {
+            args.extend(["--disk", spec]);
+        }
+        one_line(&args, 2, needle);
+    }
+}

@@ -132,6 +132,17 @@ impl Offloads {
     }
 }
 
+/// A tap name the kernel would refuse (or rename). Its own type so the
+/// configuration can check names with the very rule [`TapBackend::open`]
+/// applies, long before a tap is opened.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum InterfaceNameError {
+    #[error("tap name {name:?} is {len} bytes; Linux allows at most {MAX_IFNAME_LEN}")]
+    TooLong { name: String, len: usize },
+    #[error("tap name {name:?} {reason}; use letters, digits, '-' or '_'")]
+    Invalid { name: String, reason: &'static str },
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum NetBackendError {
     #[error("{TUN_PATH} is missing or has no driver behind it; load the tun module (modprobe tun)")]
@@ -140,10 +151,8 @@ pub enum NetBackendError {
     TunPermission,
     #[error("cannot open {TUN_PATH}: {0}")]
     OpenTun(io::Error),
-    #[error("tap name {name:?} is {len} bytes; Linux allows at most {MAX_IFNAME_LEN}")]
-    NameTooLong { name: String, len: usize },
-    #[error("tap name {name:?} {reason}; use letters, digits, '-' or '_'")]
-    InvalidName { name: String, reason: &'static str },
+    #[error(transparent)]
+    Name(#[from] InterfaceNameError),
     #[error(
         "cannot create tap {name}: kiln lacks CAP_NET_ADMIN; create the tap beforehand \
          (ip tuntap add {name} mode tap user <kiln's user>) or grant kiln CAP_NET_ADMIN"
@@ -493,11 +502,12 @@ impl NetBackend for SocketBackend {
     }
 }
 
-/// `name` as the kernel wants it, after the checks `dev_valid_name` makes,
-/// plus '%' (which would make the kernel pick a name for us). Checked here
-/// so a bad name gets its own message rather than a bare EINVAL.
-fn interface_name(name: &str) -> Result<[libc::c_char; libc::IFNAMSIZ], NetBackendError> {
-    let invalid = |reason| NetBackendError::InvalidName {
+/// Checks a tap name as the kernel's `dev_valid_name` does, plus '%'
+/// (which would make the kernel pick a name for us), so a bad name gets its
+/// own message rather than a bare EINVAL. The one copy of the rule: the
+/// configuration calls it too.
+pub fn check_interface_name(name: &str) -> Result<(), InterfaceNameError> {
+    let invalid = |reason| InterfaceNameError::Invalid {
         name: name.to_string(),
         reason,
     };
@@ -505,7 +515,7 @@ fn interface_name(name: &str) -> Result<[libc::c_char; libc::IFNAMSIZ], NetBacke
         return Err(invalid("is empty"));
     }
     if name.len() > MAX_IFNAME_LEN {
-        return Err(NetBackendError::NameTooLong {
+        return Err(InterfaceNameError::TooLong {
             name: name.to_string(),
             len: name.len(),
         });
@@ -523,6 +533,12 @@ fn interface_name(name: &str) -> Result<[libc::c_char; libc::IFNAMSIZ], NetBacke
             "has a character other than printable ASCII, or '/', ':', '%'",
         ));
     }
+    Ok(())
+}
+
+/// `name` as the kernel wants it, once [`check_interface_name`] accepts it.
+fn interface_name(name: &str) -> Result<[libc::c_char; libc::IFNAMSIZ], NetBackendError> {
+    check_interface_name(name)?;
     let mut ifname = [0; libc::IFNAMSIZ];
     for (dst, &src) in ifname.iter_mut().zip(name.as_bytes()) {
         *dst = src as libc::c_char;

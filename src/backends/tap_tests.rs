@@ -245,7 +245,10 @@ fn tap_names_are_checked_before_the_kernel_sees_them() {
 
     let err = TapBackend::open("a123456789abcdef").unwrap_err();
     assert!(
-        matches!(err, NetBackendError::NameTooLong { len: 16, .. }),
+        matches!(
+            err,
+            NetBackendError::Name(InterfaceNameError::TooLong { len: 16, .. })
+        ),
         "{err}"
     );
     assert!(err.to_string().contains("at most 15"), "{err}");
@@ -262,7 +265,7 @@ fn tap_names_are_checked_before_the_kernel_sees_them() {
     ] {
         let err = TapBackend::open(bad).unwrap_err();
         assert!(
-            matches!(err, NetBackendError::InvalidName { .. }),
+            matches!(err, NetBackendError::Name(InterfaceNameError::Invalid { .. })),
             "{bad:?}: {err}"
         );
     }

@@ -1,13 +1,28 @@
 //! What the user asked for: a validated description of one VM.
 //!
-//! Parsing flags into these types happens in `main.rs`; validation that
-//! needs no host access happens here so it is unit-testable. Limits that
-//! depend on the host (KVM's vCPU limit, host RAM) are checked in `vmm.rs`.
+//! The device configs ([`DiskConfig`], [`NetConfig`], [`VsockConfig`]) are
+//! plain data, each with one `validate` that the command line and the API
+//! both use; each device module also parses its command-line spec with the
+//! one spec parser in [`spec`], and device ids follow the one rule in
+//! [`id`]. [`VmConfig::validate`] adds the rules across devices. Limits
+//! that depend on the host (KVM's vCPU limit, host RAM) are checked in
+//! `vmm`; the only host check here is that a vsock socket's directory
+//! exists.
+
+pub mod disk;
+pub mod id;
+pub mod net;
+pub mod spec;
+pub mod vsock;
 
 use std::path::PathBuf;
 
+pub use disk::{DiskConfig, DiskError};
+pub use id::IdError;
+pub use net::{NetConfig, NetError};
+pub use vsock::{VsockConfig, VsockError};
+
 use crate::arch::x86_64::layout;
-use crate::devices::virtio::block::BlockConfig;
 
 /// Command line used when the user gives none: serial console, reboot
 /// through the i8042 so a guest `reboot` ends kiln, and a panic reboots
@@ -39,74 +54,40 @@ pub enum ConfigError {
     #[error("the kernel command line contains a NUL byte")]
     CmdlineNul,
     #[error("--disk {spec:?}: {why}")]
-    BadDisk { spec: String, why: String },
+    BadDisk { spec: String, why: DiskError },
+    #[error("--net {spec:?}: {why}")]
+    BadNet { spec: String, why: NetError },
+    #[error("--vsock {spec:?}: {why}")]
+    BadVsock { spec: String, why: VsockError },
+    #[error("disk {index} ({}): {why}", path.display())]
+    InvalidDisk {
+        index: usize,
+        path: PathBuf,
+        why: DiskError,
+    },
+    #[error("network card {index} (tap {tap}): {why}")]
+    InvalidNet {
+        index: usize,
+        tap: String,
+        why: NetError,
+    },
+    #[error("vsock: {0}")]
+    InvalidVsock(VsockError),
+    #[error(transparent)]
+    Id(#[from] IdError),
+    #[error("two network cards use tap {0}; a tap serves one card, so give each its own")]
+    SharedTap(String),
+    #[error(
+        "{count} virtio devices given; kiln supports at most {max}",
+        max = layout::MAX_VIRTIO_DEVICES
+    )]
+    TooManyDevices { count: usize },
     #[error("{0} disks given; kiln supports at most {max}", max = layout::MAX_VIRTIO_DEVICES)]
     TooManyDisks(usize),
     #[error("more than one --disk is marked root")]
     TwoRoots,
     #[error("the root disk must come first (it becomes /dev/vda)")]
     RootNotFirst,
-}
-
-/// One `--disk`: the block device plus whether it is the root filesystem.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DiskConfig {
-    pub block: BlockConfig,
-    /// Becomes /dev/vda, and `root=/dev/vda` is added to the command line
-    /// unless it already names a root.
-    pub root: bool,
-}
-
-impl std::str::FromStr for DiskConfig {
-    type Err = ConfigError;
-
-    /// `path=FILE[,root][,readonly][,id=ID][,cache=unsafe|writeback|none][,shared=on|off]`
-    fn from_str(spec: &str) -> Result<Self, ConfigError> {
-        let bad = |why: String| ConfigError::BadDisk {
-            spec: spec.to_string(),
-            why,
-        };
-        let mut path = None;
-        let mut disk = DiskConfig {
-            block: BlockConfig::default(),
-            root: false,
-        };
-        for item in spec.split(',') {
-            let (key, value) = match item.split_once('=') {
-                Some((k, v)) => (k, Some(v)),
-                None => (item, None),
-            };
-            match (key, value) {
-                ("path", Some(v)) if !v.is_empty() => path = Some(PathBuf::from(v)),
-                ("root", None) => disk.root = true,
-                ("readonly" | "ro", None) => disk.block.read_only = true,
-                ("readonly" | "ro", Some(v)) => disk.block.read_only = parse_switch(v).map_err(bad)?,
-                ("id", Some(v)) => {
-                    if v.len() > 20 || !v.bytes().all(|b| b.is_ascii_graphic()) {
-                        return Err(bad("id= takes at most 20 printable ASCII characters".into()));
-                    }
-                    disk.block.id = Some(v.to_string());
-                }
-                ("cache", Some(v)) => disk.block.cache = v.parse().map_err(|e| bad(format!("{e}")))?,
-                ("shared", Some(v)) => disk.block.shared = parse_switch(v).map_err(bad)?,
-                _ => {
-                    return Err(bad(format!(
-                        "unknown option {item:?}; use path=FILE, root, readonly, id=ID, cache=unsafe|writeback|none, shared=on"
-                    )))
-                }
-            }
-        }
-        disk.block.path = path.ok_or_else(|| bad("path=FILE is required".into()))?;
-        Ok(disk)
-    }
-}
-
-fn parse_switch(v: &str) -> Result<bool, String> {
-    match v {
-        "on" | "true" | "yes" | "1" => Ok(true),
-        "off" | "false" | "no" | "0" => Ok(false),
-        _ => Err(format!("expected on or off, got {v:?}")),
-    }
 }
 
 /// Checks the disk list as a whole.
@@ -135,6 +116,12 @@ pub struct VmConfig {
     pub force: bool,
     /// virtio-blk disks, in the order the guest should see them.
     pub disks: Vec<DiskConfig>,
+    /// virtio-net cards, in the order the guest should see them (eth0,
+    /// eth1, ...). Validated here, but the builder does not attach them
+    /// yet (the device is still being written; no flag sets them).
+    pub nets: Vec<NetConfig>,
+    /// The virtio-vsock device. Validated, not attached yet, as for `nets`.
+    pub vsock: Option<VsockConfig>,
 }
 
 impl VmConfig {
@@ -149,6 +136,8 @@ impl VmConfig {
             acpi: true,
             force: false,
             disks: Vec::new(),
+            nets: Vec::new(),
+            vsock: None,
         }
     }
 
@@ -157,7 +146,9 @@ impl VmConfig {
         validate_memory(self.memory_mib)
     }
 
-    /// Checks everything that needs no host access.
+    /// Checks everything that needs no host access (but for a vsock
+    /// socket's directory): the one entry point for the command line and
+    /// the API alike.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.disks.iter().skip(1).any(|d| d.root) {
             return Err(ConfigError::RootNotFirst);
@@ -165,7 +156,49 @@ impl VmConfig {
         validate_cpus(u64::from(self.cpus))?;
         self.memory_bytes()?;
         validate_disks(&self.disks)?;
+        self.validate_devices()?;
         validate_cmdline(&self.cmdline, layout::CMDLINE_MAX_SIZE)
+    }
+
+    /// Each device's own checks (again, for configs the command line did
+    /// not parse), then the rules across devices.
+    fn validate_devices(&self) -> Result<(), ConfigError> {
+        for (index, disk) in self.disks.iter().enumerate() {
+            disk.validate().map_err(|why| ConfigError::InvalidDisk {
+                index,
+                path: disk.block.path.clone(),
+                why,
+            })?;
+        }
+        for (index, net) in self.nets.iter().enumerate() {
+            net.validate().map_err(|why| ConfigError::InvalidNet {
+                index,
+                tap: net.tap.clone(),
+                why,
+            })?;
+        }
+        if let Some(vsock) = &self.vsock {
+            vsock.validate().map_err(ConfigError::InvalidVsock)?;
+        }
+        let count = self.disks.len() + self.nets.len() + usize::from(self.vsock.is_some());
+        if count > layout::MAX_VIRTIO_DEVICES as usize {
+            return Err(ConfigError::TooManyDevices { count });
+        }
+        for (index, net) in self.nets.iter().enumerate() {
+            if self.nets[..index].iter().any(|other| other.tap == net.tap) {
+                return Err(ConfigError::SharedTap(net.tap.clone()));
+            }
+        }
+        id::check_unique(self.device_ids())?;
+        Ok(())
+    }
+
+    /// The ids given to any device of this VM: the one list the
+    /// uniqueness rule looks at, so a new device kind adds its ids here.
+    fn device_ids(&self) -> impl Iterator<Item = &str> {
+        let disks = self.disks.iter().filter_map(|d| d.block.id.as_deref());
+        let nets = self.nets.iter().filter_map(|n| n.id.as_deref());
+        disks.chain(nets)
     }
 }
 
@@ -209,6 +242,7 @@ pub fn validate_cmdline(cmdline: &str, max: usize) -> Result<(), ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::devices::virtio::block::BlockConfig;
 
     #[test]
     fn defaults_are_valid() {
@@ -251,38 +285,6 @@ mod tests {
     }
 
     #[test]
-    fn disk_specs_parse() {
-        let d: DiskConfig = "path=/img/root.ext4,root".parse().unwrap();
-        assert_eq!(d.block.path, PathBuf::from("/img/root.ext4"));
-        assert!(d.root && !d.block.read_only && !d.block.shared);
-        let d: DiskConfig = "path=d.img,readonly,id=data-1,cache=none,shared=on"
-            .parse()
-            .unwrap();
-        assert!(d.block.read_only && d.block.shared && !d.root);
-        assert_eq!(d.block.id.as_deref(), Some("data-1"));
-        assert_eq!(d.block.cache, crate::backends::CacheMode::None);
-        assert!("ro=off,path=x"
-            .parse::<DiskConfig>()
-            .is_ok_and(|d| !d.block.read_only));
-    }
-
-    #[test]
-    fn bad_disk_specs_say_why() {
-        for (spec, why) in [
-            ("root", "path=FILE is required"),
-            ("path=", "unknown option"),
-            ("path=x,cache=fast", "unknown cache mode"),
-            ("path=x,id=123456789012345678901", "at most 20"),
-            ("path=x,id=has space", "printable"),
-            ("path=x,bogus", "unknown option \"bogus\""),
-            ("path=x,shared=maybe", "expected on or off"),
-        ] {
-            let err = spec.parse::<DiskConfig>().unwrap_err().to_string();
-            assert!(err.contains(why), "{spec}: {err}");
-        }
-    }
-
-    #[test]
     fn disk_list_limits() {
         let disk = |root| DiskConfig {
             block: BlockConfig::new("x"),
@@ -298,6 +300,99 @@ mod tests {
         let many = vec![disk(false); layout::MAX_VIRTIO_DEVICES as usize + 1];
         assert_eq!(validate_disks(&many), Err(ConfigError::TooManyDisks(many.len())));
         assert_eq!(validate_disks(&many[1..]), Ok(()));
+    }
+
+    fn disk_with_id(id: &str) -> DiskConfig {
+        let mut block = BlockConfig::new("x");
+        block.id = Some(id.to_string());
+        DiskConfig { block, root: false }
+    }
+
+    fn net_with_id(tap: &str, id: &str) -> NetConfig {
+        NetConfig {
+            id: Some(id.to_string()),
+            ..NetConfig::new(tap)
+        }
+    }
+
+    #[test]
+    fn ids_are_unique_across_all_devices() {
+        let mut c = VmConfig::new("k");
+        c.disks = vec![disk_with_id("rootfs"), disk_with_id("data")];
+        c.nets = vec![net_with_id("tap0", "net0"), NetConfig::new("tap1")];
+        c.vsock = Some(VsockConfig {
+            cid: 3,
+            socket: "v.sock".into(),
+        });
+        assert_eq!(c.validate(), Ok(()));
+
+        let mut two_disks = c.clone();
+        two_disks.disks[1] = disk_with_id("rootfs");
+        assert_eq!(
+            two_disks.validate(),
+            Err(ConfigError::Id(IdError::Duplicate("rootfs".into())))
+        );
+        let mut disk_and_net = c.clone();
+        disk_and_net.nets[1].id = Some("data".into());
+        let err = disk_and_net.validate().unwrap_err();
+        assert_eq!(err, ConfigError::Id(IdError::Duplicate("data".into())));
+        assert_eq!(
+            err.to_string(),
+            "id \"data\" is given to more than one device; give each device its own id"
+        );
+    }
+
+    #[test]
+    fn devices_built_without_the_command_line_are_validated() {
+        let mut c = VmConfig::new("k");
+        c.disks = vec![disk_with_id("ok"), disk_with_id("not ok")];
+        let err = c.validate().unwrap_err();
+        assert!(matches!(err, ConfigError::InvalidDisk { index: 1, .. }), "{err}");
+        assert!(err.to_string().starts_with("disk 1 (x): id \"not ok\""), "{err}");
+
+        let mut c = VmConfig::new("k");
+        c.nets = vec![NetConfig::new("tap0"), NetConfig::new("tap/1")];
+        let err = c.validate().unwrap_err();
+        assert!(matches!(err, ConfigError::InvalidNet { index: 1, .. }), "{err}");
+        assert!(
+            err.to_string().starts_with("network card 1 (tap tap/1): "),
+            "{err}"
+        );
+
+        let mut c = VmConfig::new("k");
+        c.vsock = Some(VsockConfig {
+            cid: 2,
+            socket: "v.sock".into(),
+        });
+        assert_eq!(
+            c.validate(),
+            Err(ConfigError::InvalidVsock(VsockError::ReservedCid(2)))
+        );
+    }
+
+    #[test]
+    fn a_tap_serves_one_card() {
+        let mut c = VmConfig::new("k");
+        c.nets = vec![
+            NetConfig::new("tap0"),
+            NetConfig::new("tap1"),
+            NetConfig::new("tap0"),
+        ];
+        assert_eq!(c.validate(), Err(ConfigError::SharedTap("tap0".into())));
+    }
+
+    #[test]
+    fn all_devices_count_against_the_mmio_slots() {
+        let max = layout::MAX_VIRTIO_DEVICES as usize;
+        let mut c = VmConfig::new("k");
+        c.disks = vec![disk::parse("path=x").unwrap(); max - 2];
+        c.nets = vec![NetConfig::new("tap0"), NetConfig::new("tap1")];
+        assert_eq!(c.validate(), Ok(()));
+        c.vsock = Some(VsockConfig {
+            cid: 3,
+            socket: "v.sock".into(),
+        });
+        assert_eq!(c.validate(), Err(ConfigError::TooManyDevices { count: max + 1 }));
     }
 
     #[test]
