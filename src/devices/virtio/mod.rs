@@ -9,6 +9,7 @@ use std::io;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
+use event_manager::EventSet;
 use kvm_ioctls::{IoEventAddress, VmFd};
 use virtio_queue::Queue;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -20,16 +21,19 @@ use crate::vstate::memory::GuestMemoryMmap;
 
 pub mod block;
 mod chain;
+pub mod events;
 pub mod handler;
 pub mod mmio;
 pub mod net;
 pub mod queue;
+pub mod ranges;
 #[cfg(test)]
 pub(crate) mod test_utils;
 
+pub use events::{HostEvents, Watched};
 pub use handler::MmioEventHandler;
 pub use mmio::{MmioError, MmioTransport};
-pub use queue::{PassEnd, QueueError};
+pub use queue::{PassEnd, QueueError, QueueRules};
 
 /// Device status bits (virtio 1.2 §2.1).
 pub mod status {
@@ -54,8 +58,13 @@ pub const INTERRUPT_CONFIG: u32 = 2;
 
 /// A device behind a virtio transport.
 ///
-/// The transport owns the queues and calls [`VirtioDevice::process_queue`]
-/// when the driver notifies one, on whichever thread saw the notification.
+/// The transport owns the queues and hands them to the device: when the
+/// driver notifies a queue ([`VirtioDevice::process_queue`]), and when a
+/// host fd the device watches is ready
+/// ([`VirtioDevice::process_host_event`]). Calls come on whichever thread
+/// saw the event (the VMM thread, or a vCPU thread for a trapped
+/// `QueueNotify`), always under the transport's lock, never at the same
+/// time.
 pub trait VirtioDevice: Send {
     /// virtio device ID (§5), e.g. 2 for block.
     fn device_type(&self) -> u32;
@@ -69,21 +78,71 @@ pub trait VirtioDevice: Send {
     fn read_config(&self, offset: u64, data: &mut [u8]);
     /// Writes device config space; read-only fields ignore writes.
     fn write_config(&mut self, offset: u64, data: &[u8]);
-    /// Called when the driver sets DRIVER_OK with a consistent setup.
-    fn activate(
+    /// Called when the driver sets DRIVER_OK with a consistent setup, on
+    /// the vCPU thread that wrote it: must not block. The device may add
+    /// its host fds to `ctx.host_events` here or later. If it fails,
+    /// [`VirtioDevice::reset`] follows.
+    fn activate(&mut self, ctx: Activation) -> Result<(), VirtioError>;
+    /// Handles buffers the driver made available on queue `index` (always a
+    /// ready queue of an activated device), in one bounded pass (see
+    /// [`queue::drain_queue`]). All the device's queues are in `queues`, by
+    /// index; the others may not be ready. [`PassEnd::Yielded`] asks the
+    /// transport for another pass once the event loop has served everything
+    /// else. An error marks the device as needing a reset.
+    fn process_queue(&mut self, index: usize, queues: &mut [Queue]) -> Result<PassEnd, QueueError>;
+    /// A host fd the device registered under `token` is ready for `ready`
+    /// (which may include `EventSet::HANG_UP` or `EventSet::ERROR`: that is
+    /// reported once, and the fd is removed after this call unless the
+    /// device registered it again). Bounded work, like a queue pass; the
+    /// set is level-triggered, so an fd left ready after
+    /// [`PassEnd::Yielded`] is reported again after everything else that is
+    /// ready. An fd the device cannot serve now must get an empty interest
+    /// (see [`HostEvents::modify`]). An error marks the device as needing a
+    /// reset. Calls may be spurious (the token was just removed or reused).
+    fn process_host_event(
         &mut self,
+        token: u64,
+        ready: EventSet,
+        queues: &mut [Queue],
+    ) -> Result<PassEnd, QueueError> {
+        let _ = (token, ready, queues);
+        Ok(PassEnd::Drained)
+    }
+    /// Returns to the pre-activation state: drops memory and interrupt, and
+    /// removes its fds from the host events (before closing them). The
+    /// transport then clears the set anyway. Also called after a failed
+    /// activation.
+    fn reset(&mut self);
+}
+
+/// What a device gets when the driver starts it.
+#[derive(Clone)]
+pub struct Activation {
+    pub acked_features: u64,
+    pub mem: GuestMemoryMmap,
+    pub interrupt: Arc<dyn Interrupt>,
+    /// How to walk the queues (indirect descriptors, pass budget).
+    pub rules: QueueRules,
+    /// The device's own set of host fds, watched by the event loop.
+    pub host_events: Arc<HostEvents>,
+}
+
+impl Activation {
+    /// The activation for a driver that accepted `acked_features`.
+    pub fn new(
         acked_features: u64,
         mem: GuestMemoryMmap,
         interrupt: Arc<dyn Interrupt>,
-    ) -> Result<(), VirtioError>;
-    /// Handles buffers the driver made available on queue `index` (always a
-    /// ready queue of an activated device), in one bounded pass (see
-    /// [`queue::drain_queue`]). [`PassEnd::Yielded`] asks the transport for
-    /// another pass once the event loop has served everything else. An
-    /// error marks the device as needing a reset.
-    fn process_queue(&mut self, index: usize, queue: &mut Queue) -> Result<PassEnd, QueueError>;
-    /// Returns to the pre-activation state; drops memory and interrupt.
-    fn reset(&mut self);
+        host_events: Arc<HostEvents>,
+    ) -> Self {
+        Self {
+            acked_features,
+            mem,
+            interrupt,
+            rules: QueueRules::negotiated(acked_features),
+            host_events,
+        }
+    }
 }
 
 /// How a device tells the driver something happened; like
@@ -215,15 +274,14 @@ pub fn attach_mmio_device<D: VirtioDevice + 'static>(
     }
     let irqfd = EventFd::new(EFD_NONBLOCK).map_err(VirtioError::EventFd)?;
     let interrupt = Arc::new(IrqfdInterrupt::new(irqfd));
-    let transport = MmioTransport::new(device, mem.clone(), interrupt.clone())?;
+    let transport = Arc::new(Mutex::new(MmioTransport::new(
+        device,
+        mem.clone(),
+        interrupt.clone(),
+    )?));
     // KVM and the event loop share the transport's notifiers.
-    let queue_evts = transport
-        .queue_notifiers()
-        .iter()
-        .map(EventFd::try_clone)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(VirtioError::EventFd)?;
-    let transport = Arc::new(Mutex::new(transport));
+    let handler = MmioEventHandler::new(transport.clone())?;
+    let queue_evts = handler.queue_notifiers();
 
     let notify_addr = IoEventAddress::Mmio(slot.base + mmio::QUEUE_NOTIFY_OFFSET);
     let mut registered = Vec::new();
@@ -259,7 +317,6 @@ pub fn attach_mmio_device<D: VirtioDevice + 'static>(
             source,
         });
     }
-    let handler = MmioEventHandler::new(transport, queue_evts);
     event_manager::SubscriberOps::add_subscriber(event_loop, Arc::new(Mutex::new(handler)));
     Ok(())
 }

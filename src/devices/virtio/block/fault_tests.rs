@@ -34,8 +34,12 @@ fn faulty_harness(image: TempFile, cache: CacheMode, shared: bool, acked: u64) -
     let mut dev = BlockDevice::with_backend(backend, *b"kiln-fault-test\0\0\0\0\0");
     let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)]).unwrap();
     let irq = Arc::new(CountingInterrupt::default());
-    dev.activate(dev.device_features() & acked, mem.clone(), irq.clone())
-        .unwrap();
+    dev.activate(activation(
+        dev.device_features() & acked,
+        mem.clone(),
+        irq.clone(),
+    ))
+    .unwrap();
     (Harness { mem, image, dev, irq }, faults)
 }
 
@@ -105,7 +109,7 @@ fn driver_without_flush_gets_durable_writes() {
     h.dev.reset();
     let irq = h.irq.clone();
     h.dev
-        .activate(h.dev.device_features(), h.mem.clone(), irq)
+        .activate(activation(h.dev.device_features(), h.mem.clone(), irq))
         .unwrap();
     assert_eq!(write(&mut h, 0, 3, 1024), OK);
     assert_eq!(faults.syncs(), 2);
@@ -117,7 +121,11 @@ fn driver_without_flush_gets_durable_writes() {
     h.dev.reset();
     let irq = h.irq.clone();
     h.dev
-        .activate(h.dev.device_features() & ALL_BUT_FLUSH, h.mem.clone(), irq)
+        .activate(activation(
+            h.dev.device_features() & ALL_BUT_FLUSH,
+            h.mem.clone(),
+            irq,
+        ))
         .unwrap();
     assert_eq!(write(&mut h, 0, 4, 512), OK);
     assert_eq!(faults.syncs(), 4);

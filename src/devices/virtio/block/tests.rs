@@ -14,7 +14,9 @@ use super::features::*;
 use super::request_status::{IOERR, OK};
 use super::request_type::*;
 use super::*;
-pub use crate::devices::virtio::test_utils::{link, r, w, CountingInterrupt, D, INDIRECT_FLAG, NEXT, WRITE};
+pub use crate::devices::virtio::test_utils::{
+    activation, link, r, w, CountingInterrupt, D, INDIRECT_FLAG, NEXT, WRITE,
+};
 use crate::devices::virtio::VirtioDevice;
 use crate::vstate::memory::GuestMemoryMmap;
 
@@ -59,7 +61,7 @@ pub fn harness_in(mem: GuestMemoryMmap, read_only: bool, id: Option<String>) -> 
     })
     .unwrap();
     let irq = Arc::new(CountingInterrupt::default());
-    dev.activate(dev.device_features(), mem.clone(), irq.clone())
+    dev.activate(activation(dev.device_features(), mem.clone(), irq.clone()))
         .unwrap();
     Harness { mem, image, dev, irq }
 }
@@ -107,7 +109,7 @@ impl Harness {
     pub fn submit(&mut self, descs: &[D]) -> u32 {
         self.mem.write_obj(0xeeu8, GuestAddress(STATUS)).unwrap();
         let mut q = self.queue_with(&link(descs, 0), &[0]);
-        self.dev.process_queue(0, &mut q).unwrap();
+        self.dev.process_queue(0, std::slice::from_mut(&mut q)).unwrap();
         assert_eq!(self.used_idx(), 1, "the chain must be returned");
         let (id, len) = self.used(0);
         assert_eq!(id, 0);
@@ -274,7 +276,7 @@ fn one_notification_serves_many_requests() {
     let mut table = link(&[r(HDR, 16), w(DATA, 512), w(STATUS, 1)], 0);
     table.extend(link(&[r(HDR + 16, 16), w(STATUS + 1, 1)], 3));
     let mut q = h.queue_with(&table, &[0, 3]);
-    h.dev.process_queue(0, &mut q).unwrap();
+    h.dev.process_queue(0, std::slice::from_mut(&mut q)).unwrap();
     assert_eq!(h.used_idx(), 2);
     assert_eq!(h.used(0), (0, 513));
     assert_eq!(h.used(1), (3, 1));
@@ -357,7 +359,7 @@ fn reset_stops_processing() {
     h.dev.reset();
     h.header(IN, 0);
     let mut q = h.queue_with(&link(&[r(HDR, 16), w(DATA, 512), w(STATUS, 1)], 0), &[0]);
-    h.dev.process_queue(0, &mut q).unwrap();
+    h.dev.process_queue(0, std::slice::from_mut(&mut q)).unwrap();
     assert_eq!(h.used_idx(), 0);
     assert_eq!(h.irq.0.load(Ordering::SeqCst), 0);
 }
@@ -385,7 +387,9 @@ fn cache_none_requests_work() {
         dev,
         irq: irq.clone(),
     };
-    h.dev.activate(h.dev.device_features(), mem, irq).unwrap();
+    h.dev
+        .activate(activation(h.dev.device_features(), mem, irq))
+        .unwrap();
     h.fill_guest(DATA, &[9; 1024]);
     h.header(OUT, 3);
     assert_eq!(h.submit(&[r(HDR, 16), r(DATA, 1024), w(STATUS, 1)]), 1);
