@@ -179,3 +179,7 @@ mod tests {
 #[cfg(test)]
 #[path = "handler_tests.rs"]
 mod pass_tests;
+
+#[cfg(test)]
+#[path = "host_event_tests.rs"]
+mod host_event_tests;

@@ -237,6 +237,11 @@ impl<D: VirtioDevice> MmioTransport<D> {
         &self.device
     }
 
+    #[cfg(test)]
+    pub(crate) fn device_mut(&mut self) -> &mut D {
+        &mut self.device
+    }
+
     pub fn device_status(&self) -> u32 {
         self.device_status
     }
