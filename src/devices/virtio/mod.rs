@@ -14,7 +14,6 @@ use kvm_ioctls::{IoEventAddress, VmFd};
 use virtio_queue::Queue;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use crate::arch::x86_64::layout;
 use crate::devices::bus::{Bus, BusError};
 use crate::devices::EventLoop;
 use crate::vstate::memory::GuestMemoryMmap;
@@ -27,6 +26,7 @@ pub mod mmio;
 pub mod net;
 pub mod queue;
 pub mod ranges;
+pub mod slots;
 #[cfg(test)]
 pub(crate) mod test_utils;
 
@@ -34,6 +34,7 @@ pub use events::{HostEvents, Watched};
 pub use handler::MmioEventHandler;
 pub use mmio::{MmioError, MmioTransport};
 pub use queue::{PassEnd, QueueError, QueueRules};
+pub use slots::{MmioDevices, MmioSlot, MmioSlots};
 
 /// Device status bits (virtio 1.2 §2.1).
 pub mod status {
@@ -214,40 +215,10 @@ pub enum VirtioError {
     WindowTooSmall { base: u64, len: u64, min: u64 },
     #[error(transparent)]
     Transport(#[from] MmioError),
+    #[error("more than {max} virtio devices (disks, network cards and vsock together); kiln has {max} virtio-mmio slots, remove some")]
+    TooManyDevices { max: u32 },
     #[error("virtio device failed to start: {0}")]
     Activation(String),
-}
-
-/// Where a virtio-mmio device lives in the guest.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct MmioSlot {
-    pub index: u32,
-    pub base: u64,
-    pub len: u64,
-    pub gsi: u32,
-}
-
-impl MmioSlot {
-    /// Slot `index` of the fixed layout, or `None` past `MAX_VIRTIO_DEVICES`.
-    pub fn from_layout(index: u32) -> Option<Self> {
-        (index < layout::MAX_VIRTIO_DEVICES).then(|| Self {
-            index,
-            base: layout::virtio_mmio_base(index),
-            len: layout::VIRTIO_MMIO_SIZE,
-            gsi: layout::VIRTIO_IRQ_BASE + index,
-        })
-    }
-
-    /// The Linux command-line parameter that announces this device when
-    /// there is no ACPI/DT description of it.
-    pub fn kernel_cmdline_arg(&self) -> String {
-        format!(
-            "virtio_mmio.device={}K@{:#x}:{}",
-            self.len >> 10,
-            self.base,
-            self.gsi
-        )
-    }
 }
 
 /// Creates the transport around `device`, registers one ioeventfd per queue
@@ -348,18 +319,6 @@ mod tests {
         assert_eq!(irq.status(), INTERRUPT_CONFIG);
         irq.clear();
         assert_eq!(irq.status(), 0);
-    }
-
-    #[test]
-    fn slots_follow_the_layout() {
-        let slot = MmioSlot::from_layout(1).unwrap();
-        assert_eq!(slot.base, layout::VIRTIO_MMIO_START + 0x1000);
-        assert_eq!(slot.gsi, layout::VIRTIO_IRQ_BASE + 1);
-        assert_eq!(
-            slot.kernel_cmdline_arg(),
-            format!("virtio_mmio.device=4K@0xd0001000:{}", layout::VIRTIO_IRQ_BASE + 1)
-        );
-        assert!(MmioSlot::from_layout(layout::MAX_VIRTIO_DEVICES).is_none());
     }
 
     #[test]
