@@ -90,19 +90,18 @@ impl HostEvents {
     /// Watches `fd` for `interest` (e.g. `EventSet::IN`); hang-ups and
     /// errors are always reported.
     pub fn add(&self, fd: RawFd, token: u64, interest: EventSet) -> io::Result<()> {
-        let mut registry = self.registry();
-        self.control(ControlOperation::Add, fd, interest)?;
-        let serial = registry.next_serial;
-        registry.next_serial += 1;
-        registry.watched.insert(fd, Watch { token, serial });
-        Ok(())
+        self.register(ControlOperation::Add, fd, token, interest)
     }
 
     /// Changes what `fd` is watched for, and its token. An empty interest
     /// stops readiness calls (not hang-ups) without forgetting the fd.
     pub fn modify(&self, fd: RawFd, token: u64, interest: EventSet) -> io::Result<()> {
+        self.register(ControlOperation::Modify, fd, token, interest)
+    }
+
+    fn register(&self, op: ControlOperation, fd: RawFd, token: u64, interest: EventSet) -> io::Result<()> {
         let mut registry = self.registry();
-        self.control(ControlOperation::Modify, fd, interest)?;
+        self.control(op, fd, interest)?;
         let serial = registry.next_serial;
         registry.next_serial += 1;
         registry.watched.insert(fd, Watch { token, serial });

@@ -32,6 +32,18 @@ pub fn memory(regions: &[(u64, usize)]) -> GuestMemoryMmap {
     GuestMemoryMmap::from_ranges(&ranges).unwrap()
 }
 
+/// Bytes a test can recognise wherever they land: 0, 1, ... 250, 0, ...
+pub fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i % 251) as u8).collect()
+}
+
+/// `len` bytes of guest memory at `addr`.
+pub fn guest_bytes(mem: &GuestMemoryMmap, addr: u64, len: usize) -> Vec<u8> {
+    let mut buf = vec![0; len];
+    mem.read_slice(&mut buf, GuestAddress(addr)).unwrap();
+    buf
+}
+
 #[derive(Default)]
 pub struct CountingInterrupt(pub AtomicU32);
 
@@ -152,6 +164,15 @@ impl DriverRing {
         self.set_avail_idx(mem, start);
         mem.write_obj(start, GuestAddress(self.used + 2)).unwrap();
         q
+    }
+
+    /// Starts the ring afresh (both indices 0) with `table` at descriptor
+    /// 0 and `heads` available; returns the device's queue over it.
+    pub fn load(&self, mem: &GuestMemoryMmap, table: &[RawDescriptor], heads: &[u16]) -> Queue {
+        let ring = Self::with_layout(mem, self.size, self.desc, self.avail, self.used);
+        ring.set_desc_table(mem, 0, table);
+        ring.publish(mem, heads);
+        ring.queue()
     }
 
     pub fn set_desc_table(&self, mem: &GuestMemoryMmap, first: u16, table: &[RawDescriptor]) {

@@ -407,7 +407,7 @@ fn random_chains_never_escape() {
             if h.status() == OK {
                 completed += 1;
             }
-            transfers += (0..u64::from(h.used_idx())).filter(|&i| h.used(i).1 > 1).count();
+            transfers += (0..h.used_idx()).filter(|&i| h.used(i).1 > 1).count();
             let image = h.image_bytes();
             assert_eq!(image.len(), IMAGE_LEN, "round {round}: image size changed");
             if read_only {
