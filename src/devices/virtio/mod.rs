@@ -1,9 +1,15 @@
 //! virtio devices over the virtio-mmio transport (virtio 1.2, modern only).
 //!
-//! A device implements [`VirtioDevice`]; [`attach_mmio_device`] wraps it in
-//! an [`MmioTransport`], connects its queue notifications (ioeventfd) and
+//! A device implements [`VirtioDevice`]; [`MmioDevices::attach`] gives it
+//! the next [`MmioSlot`] and [`attach_mmio_device`] wraps it in an
+//! [`MmioTransport`], connects its queue notifications (ioeventfd) and
 //! interrupt (irqfd) to KVM, puts it on the MMIO bus and hands its queue
-//! events to the event loop.
+//! notifiers and its own host fds ([`HostEvents`]) to the event loop.
+//!
+//! A new device kind is a folder here (its `VirtioDevice`), a `pub mod`
+//! line below, and one `attach` line in the VMM builder. Shared pieces:
+//! [`queue::drain_queue`] for bounded passes, [`ranges`] for a chain's
+//! guest memory spans, `test_utils` for unit tests.
 
 use std::io;
 use std::sync::atomic::{AtomicU32, Ordering};
