@@ -7,7 +7,7 @@ use std::cell::RefCell;
 use std::sync::Arc;
 
 use kiln::devices::virtio::block::{BlockConfig, BlockDevice};
-use kiln::devices::virtio::{Interrupt, VirtioDevice};
+use kiln::devices::virtio::{Activation, HostEvents, Interrupt, VirtioDevice};
 use kiln::vstate::memory::GuestMemoryMmap;
 use libfuzzer_sys::fuzz_target;
 use virtio_queue::{Queue, QueueT};
@@ -43,7 +43,7 @@ fn target() -> Target {
     let image = TempFile::new().unwrap();
     image.as_file().set_len(IMAGE_LEN).unwrap();
     let mut dev = BlockDevice::new(BlockConfig::new(image.as_path())).unwrap();
-    dev.activate(dev.device_features(), mem.clone(), Arc::new(NoInterrupt))
+    dev.activate(Activation::new(dev.device_features(), mem.clone(), Arc::new(NoInterrupt), Arc::new(HostEvents::new().unwrap())))
         .unwrap();
     Target {
         mem,
@@ -95,6 +95,6 @@ fuzz_target!(|data: &[u8]| {
         q.set_ready(true);
         // Errors are fine (the transport would mark the device broken);
         // panics are not.
-        let _ = dev.process_queue(0, &mut q);
+        let _ = dev.process_queue(0, std::slice::from_mut(&mut q));
     });
 });

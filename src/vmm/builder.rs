@@ -26,7 +26,7 @@ use crate::devices::legacy::pvpanic::PvPanicDevice;
 use crate::devices::legacy::serial::{SerialDevice, SerialHandler};
 use crate::devices::virtio::block::BlockDevice;
 use crate::devices::virtio::block::BlockError;
-use crate::devices::virtio::{attach_mmio_device, MmioSlot, VirtioError};
+use crate::devices::virtio::{MmioDevices, MmioSlot, VirtioError};
 use crate::devices::EventLoop;
 use crate::exit::ExitNotifier;
 use crate::vstate::kvm::{open_kvm, HostKind, KvmError, PVM_HINT};
@@ -80,7 +80,10 @@ impl BuildError {
     pub fn is_usage(&self) -> bool {
         matches!(
             self,
-            BuildError::Config(_) | BuildError::TooManyCpus { .. } | BuildError::MemoryOverHost { .. }
+            BuildError::Config(_)
+                | BuildError::TooManyCpus { .. }
+                | BuildError::MemoryOverHost { .. }
+                | BuildError::Virtio(VirtioError::TooManyDevices { .. })
         )
     }
 }
@@ -165,24 +168,13 @@ fn build_cmdline(config: &VmConfig, limit: usize, slots: &[MmioSlot]) -> Result<
     Ok(cmdline)
 }
 
-/// Opens every disk and puts it on the MMIO bus, in order (the caller put
-/// the root disk first, so it is /dev/vda). Returns the slots used.
-fn attach_disks(
-    vm: &VmFd,
-    mem: &GuestMemoryMmap,
-    config: &VmConfig,
-    mmio_bus: &mut Bus,
-    event_loop: &mut EventLoop,
-) -> Result<Vec<MmioSlot>, BuildError> {
-    let mut slots = Vec::with_capacity(config.disks.len());
-    for (index, disk) in config.disks.iter().enumerate() {
-        let slot =
-            MmioSlot::from_layout(index as u32).ok_or(ConfigError::TooManyDisks(config.disks.len()))?;
-        let device = BlockDevice::new(disk.block.clone())?;
-        attach_mmio_device(vm, mem, mmio_bus, event_loop, slot, device)?;
-        slots.push(slot);
+/// Every virtio device, each in the next MMIO slot: one line per kind. The
+/// caller put the root disk first, so it is /dev/vda.
+fn attach_virtio_devices(config: &VmConfig, devices: &mut MmioDevices) -> Result<(), BuildError> {
+    for disk in &config.disks {
+        devices.attach(BlockDevice::new(disk.block.clone())?)?;
     }
-    Ok(slots)
+    Ok(())
 }
 
 /// Port I/O devices: COM1, i8042, pvpanic, ACPI sleep/reset register.
@@ -306,18 +298,12 @@ pub fn build(
     vm.create_pit2(pit).map_err(kvm_op("create the PIT"))?;
 
     let pio_bus = legacy_devices(&vm, output, input, exit, event_loop)?;
-    let mut mmio_bus = Bus::new();
-    let slots = attach_disks(&vm, &memory, config, &mut mmio_bus, event_loop)?;
-    let virtio_devices: Vec<acpi::MmioDeviceInfo> = slots
-        .iter()
-        .map(|s| acpi::MmioDeviceInfo {
-            base: s.base,
-            len: s.len,
-            gsi: s.gsi,
-        })
-        .collect();
+    let mut virtio = MmioDevices::new(&vm, &memory, event_loop);
+    attach_virtio_devices(config, &mut virtio)?;
+    let (mmio_bus, slots) = virtio.finish();
+    let virtio_devices: Vec<acpi::MmioDeviceInfo> = slots.used().iter().map(MmioSlot::acpi_info).collect();
 
-    let cmdline = build_cmdline(config, kernel.cmdline_limit(), &slots)?;
+    let cmdline = build_cmdline(config, kernel.cmdline_limit(), slots.used())?;
     let cmdline_len = cmdline
         .as_cstring()
         .map_err(BuildError::Cmdline)?

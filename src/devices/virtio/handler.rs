@@ -1,6 +1,6 @@
 //! Event-loop side of a virtio-mmio device: watches the per-queue
-//! ioeventfds KVM signals on `QueueNotify` writes, and runs the device's
-//! queue processing on the VMM thread.
+//! ioeventfds KVM signals on `QueueNotify` writes and the device's own set
+//! of host fds, and runs the device's processing on the VMM thread.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -8,20 +8,42 @@ use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use log::error;
 use vmm_sys_util::eventfd::EventFd;
 
-use super::{MmioTransport, VirtioDevice};
+use super::events::HostEvents;
+use super::{MmioTransport, VirtioDevice, VirtioError};
+
+/// The event data of the device's host-event set; queue `i` has data `i`.
+const HOST_EVENTS_DATA: u32 = u32::MAX;
 
 pub struct MmioEventHandler<D: VirtioDevice> {
     transport: Arc<Mutex<MmioTransport<D>>>,
     /// One per queue, in queue order; the event data is the queue index.
     queue_evts: Vec<EventFd>,
+    host_events: Arc<HostEvents>,
 }
 
 impl<D: VirtioDevice> MmioEventHandler<D> {
-    pub fn new(transport: Arc<Mutex<MmioTransport<D>>>, queue_evts: Vec<EventFd>) -> Self {
-        Self {
+    /// A handler for the transport's queue notifiers and host events.
+    pub fn new(transport: Arc<Mutex<MmioTransport<D>>>) -> Result<Self, VirtioError> {
+        let (queue_evts, host_events) = {
+            let t = crate::sync::lock(&transport);
+            let evts = t
+                .queue_notifiers()
+                .iter()
+                .map(EventFd::try_clone)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(VirtioError::EventFd)?;
+            (evts, t.host_events().clone())
+        };
+        Ok(Self {
             transport,
             queue_evts,
-        }
+            host_events,
+        })
+    }
+
+    /// The queue notifiers, in queue order, to register with KVM.
+    pub fn queue_notifiers(&self) -> &[EventFd] {
+        &self.queue_evts
     }
 
     fn transport(&self) -> MutexGuard<'_, MmioTransport<D>> {
@@ -38,19 +60,28 @@ impl<D: VirtioDevice> MutEventSubscriber for MmioEventHandler<D> {
                 error!("virtio-mmio: cannot watch queue {index} notifications: {e:?}");
             }
         }
+        let host = Events::with_data(&*self.host_events, HOST_EVENTS_DATA, EventSet::IN);
+        if let Err(e) = ops.add(host) {
+            error!("virtio-mmio: cannot watch the device's host fds: {e:?}");
+        }
     }
 
     fn process(&mut self, events: Events, ops: &mut EventOps) {
         let index = events.data();
+        if events.event_set().intersects(EventSet::ERROR | EventSet::HANG_UP) {
+            error!("virtio-mmio: event source {index} failed; no longer watching it");
+            let _ = ops.remove(events);
+            return;
+        }
+        if index == HOST_EVENTS_DATA {
+            // Level-triggered: fds left ready bring us back next round.
+            self.transport().serve_host_events();
+            return;
+        }
         let Some(evt) = self.queue_evts.get(index as usize) else {
             error!("virtio-mmio: event for unknown queue {index}");
             return;
         };
-        if events.event_set().intersects(EventSet::ERROR | EventSet::HANG_UP) {
-            error!("virtio-mmio: queue {index} notifier failed; no longer watching it");
-            let _ = ops.remove(events);
-            return;
-        }
         // Drain first: notifications arriving while we process re-arm it,
         // and the device is never left with unseen work. A notification
         // before DRIVER_OK is drained and then ignored by the transport.
@@ -72,7 +103,7 @@ mod tests {
     use crate::devices::bus::BusDevice;
     use crate::devices::virtio::queue::QueueError;
     use crate::devices::virtio::status::{ACKNOWLEDGE, DRIVER, DRIVER_OK, FEATURES_OK};
-    use crate::devices::virtio::{Interrupt, IrqfdInterrupt, PassEnd, VirtioError};
+    use crate::devices::virtio::{Activation, IrqfdInterrupt, PassEnd, VirtioError};
     use crate::vstate::memory::GuestMemoryMmap;
 
     struct Counter(Arc<AtomicUsize>);
@@ -91,10 +122,10 @@ mod tests {
             data.fill(0);
         }
         fn write_config(&mut self, _: u64, _: &[u8]) {}
-        fn activate(&mut self, _: u64, _: GuestMemoryMmap, _: Arc<dyn Interrupt>) -> Result<(), VirtioError> {
+        fn activate(&mut self, _: Activation) -> Result<(), VirtioError> {
             Ok(())
         }
-        fn process_queue(&mut self, _: usize, _: &mut Queue) -> Result<PassEnd, QueueError> {
+        fn process_queue(&mut self, _: usize, _: &mut [Queue]) -> Result<PassEnd, QueueError> {
             self.0.fetch_add(1, Ordering::SeqCst);
             Ok(PassEnd::Drained)
         }
@@ -113,14 +144,11 @@ mod tests {
         let transport = Arc::new(Mutex::new(
             MmioTransport::new(Counter(calls.clone()), mem, irq).unwrap(),
         ));
-        let evt = EventFd::new(EFD_NONBLOCK).unwrap();
-        let kick = evt.try_clone().unwrap();
+        let handler = MmioEventHandler::new(transport.clone()).unwrap();
+        let kick = handler.queue_notifiers()[0].try_clone().unwrap();
         let mut event_loop: EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>> =
             EventManager::new().unwrap();
-        event_loop.add_subscriber(Arc::new(Mutex::new(MmioEventHandler::new(
-            transport.clone(),
-            vec![evt],
-        ))));
+        event_loop.add_subscriber(Arc::new(Mutex::new(handler)));
 
         // Before DRIVER_OK: drained, ignored.
         kick.write(1).unwrap();
@@ -151,3 +179,7 @@ mod tests {
 #[cfg(test)]
 #[path = "handler_tests.rs"]
 mod pass_tests;
+
+#[cfg(test)]
+#[path = "host_event_tests.rs"]
+mod host_event_tests;

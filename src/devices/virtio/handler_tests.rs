@@ -4,53 +4,29 @@
 //! does no harm.
 
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
 use vm_memory::{Bytes, GuestAddress};
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::tempfile::TempFile;
 
-use super::MmioEventHandler;
-use crate::devices::bus::BusDevice;
 use crate::devices::virtio::block::{request_type, BlockConfig, BlockDevice};
 use crate::devices::virtio::features::VIRTIO_F_VERSION_1;
 use crate::devices::virtio::queue::PassBudget;
-use crate::devices::virtio::status::{DEVICE_NEEDS_RESET, DRIVER_OK};
-use crate::devices::virtio::test_utils::{link, memory, r, start_driver, w, DriverRing};
-use crate::devices::virtio::{IrqfdInterrupt, MmioTransport};
+use crate::devices::virtio::status::DEVICE_NEEDS_RESET;
+use crate::devices::virtio::test_utils::{link, memory, other_source, r, w, wire, DriverRing, Wired};
 use crate::vstate::memory::GuestMemoryMmap;
-
-type Loop = EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>>;
 
 const HDR: u64 = 0x10_0000;
 const DATA: u64 = 0x10_1000;
 const STATUS: u64 = 0x10_0800;
 
-/// Counts its eventfd's events: stands for the signal watcher, the
-/// console, another device.
-struct Other {
-    evt: EventFd,
-    served: Arc<AtomicU32>,
-}
-
-impl MutEventSubscriber for Other {
-    fn init(&mut self, ops: &mut EventOps) {
-        ops.add(Events::new(&self.evt, EventSet::IN)).unwrap();
-    }
-    fn process(&mut self, _: Events, _: &mut EventOps) {
-        let _ = self.evt.read();
-        self.served.fetch_add(1, Ordering::SeqCst);
-    }
-}
-
 struct Rig {
     mem: GuestMemoryMmap,
-    transport: Arc<Mutex<MmioTransport<BlockDevice>>>,
+    wired: Wired<BlockDevice>,
     kick: EventFd,
     other: EventFd,
     other_served: Arc<AtomicU32>,
-    event_loop: Loop,
     _image: TempFile,
 }
 
@@ -59,35 +35,17 @@ fn rig() -> Rig {
     let image = TempFile::new().unwrap();
     image.as_file().set_len(1 << 20).unwrap();
     let dev = BlockDevice::new(BlockConfig::new(image.as_path())).unwrap();
-    let irq = Arc::new(IrqfdInterrupt::new(EventFd::new(EFD_NONBLOCK).unwrap()));
-    let transport = MmioTransport::new(dev, mem.clone(), irq).unwrap();
-    let evts: Vec<EventFd> = transport
-        .queue_notifiers()
-        .iter()
-        .map(|e| e.try_clone().unwrap())
-        .collect();
-    let kick = evts[0].try_clone().unwrap();
-    let transport = Arc::new(Mutex::new(transport));
-    let mut event_loop: Loop = EventManager::new().unwrap();
-    event_loop.add_subscriber(Arc::new(Mutex::new(MmioEventHandler::new(
-        transport.clone(),
-        evts,
-    ))));
-    let other = EventFd::new(EFD_NONBLOCK).unwrap();
-    let other_served = Arc::new(AtomicU32::new(0));
-    event_loop.add_subscriber(Arc::new(Mutex::new(Other {
-        evt: other.try_clone().unwrap(),
-        served: other_served.clone(),
-    })));
+    let mut wired = wire(dev, &mem);
+    let kick = wired.kicks[0].try_clone().unwrap();
+    let (other, other_served) = other_source(&mut wired.event_loop);
     mem.write_slice(&request_type::IN.to_le_bytes(), GuestAddress(HDR))
         .unwrap();
     Rig {
         mem,
-        transport,
+        wired,
         kick,
         other,
         other_served,
-        event_loop,
         _image: image,
     }
 }
@@ -98,20 +56,13 @@ impl Rig {
     fn start(&self, base: u64, count: u16) -> DriverRing {
         let ring = DriverRing::at(&self.mem, base, 256);
         ring.set_desc_table(&self.mem, 0, &link(&[r(HDR, 16), w(DATA, 512), w(STATUS, 1)], 0));
-        let status = start_driver(
-            &mut *self.transport.lock().unwrap(),
-            1 << VIRTIO_F_VERSION_1,
-            &[ring],
-        );
-        assert_eq!(status & DRIVER_OK, DRIVER_OK);
+        self.wired.start(1 << VIRTIO_F_VERSION_1, &[ring]);
         ring.publish(&self.mem, &vec![0; usize::from(count)]);
         ring
     }
 
     fn status(&self) -> u32 {
-        let mut data = [0u8; 4];
-        self.transport.lock().unwrap().read(0x070, &mut data);
-        u32::from_le_bytes(data)
+        self.wired.status()
     }
 }
 
@@ -126,7 +77,7 @@ fn a_yielded_pass_resumes_after_the_other_ready_events() {
     rig.other.write(1).unwrap();
     let mut served = vec![];
     loop {
-        let events = rig.event_loop.run_with_timeout(0).unwrap();
+        let events = rig.wired.run();
         if events == 0 {
             break;
         }
@@ -151,16 +102,12 @@ fn a_reset_between_passes_stops_the_work() {
     let mut rig = rig();
     let ring = rig.start(0x1000, 200);
     rig.kick.write(1).unwrap();
-    assert_eq!(rig.event_loop.run_with_timeout(0).unwrap(), 1);
+    assert_eq!(rig.wired.run(), 1);
     let done = ring.used_idx(&rig.mem);
     assert!(done > 0 && done < 200, "{done}");
-    rig.transport.lock().unwrap().write(0x070, &0u32.to_le_bytes());
-    assert_eq!(
-        rig.event_loop.run_with_timeout(0).unwrap(),
-        1,
-        "the re-armed pass"
-    );
-    assert_eq!(rig.event_loop.run_with_timeout(0).unwrap(), 0, "and no more");
+    rig.wired.reset();
+    assert_eq!(rig.wired.run(), 1, "the re-armed pass");
+    assert_eq!(rig.wired.run(), 0, "and no more");
     assert_eq!(ring.used_idx(&rig.mem), done);
     assert_eq!(rig.status(), 0);
 }
@@ -175,13 +122,13 @@ fn a_stale_notification_after_restart_is_harmless() {
     rig.kick.write(5).unwrap();
     // Restart on a new ring with nothing available yet.
     let new = rig.start(0x8000, 0);
-    assert_eq!(rig.event_loop.run_with_timeout(0).unwrap(), 1);
+    assert_eq!(rig.wired.run(), 1);
     assert_eq!((old.used_idx(&rig.mem), new.used_idx(&rig.mem)), (0, 0));
     assert_eq!(rig.status() & DEVICE_NEEDS_RESET, 0);
     // Now with requests on it, and a stale count again.
     rig.kick.write(1).unwrap();
     let new = rig.start(0x8000, 2);
-    assert_eq!(rig.event_loop.run_with_timeout(0).unwrap(), 1);
+    assert_eq!(rig.wired.run(), 1);
     assert_eq!((old.used_idx(&rig.mem), new.used_idx(&rig.mem)), (0, 2));
     assert_eq!(rig.mem.read_obj::<u8>(GuestAddress(STATUS)).unwrap(), 0);
     assert_eq!(rig.status() & DEVICE_NEEDS_RESET, 0);

@@ -6,15 +6,19 @@
 //! device activated. Nothing the guest writes can make it panic.
 
 use std::io;
+use std::os::fd::RawFd;
 use std::sync::Arc;
 
+use event_manager::EventSet;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestAddress, GuestMemoryBackend};
+use vmm_sys_util::epoll::EpollEvent;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use super::events::{HostEvents, HOST_EVENT_BATCH};
 use super::features::{VIRTIO_F_RING_EVENT_IDX, VIRTIO_F_VERSION_1};
 use super::status::{ACKNOWLEDGE, DEVICE_NEEDS_RESET, DRIVER, DRIVER_OK, FAILED, FEATURES_OK};
-use super::{Interrupt, IrqfdInterrupt, PassEnd, VirtioDevice, VirtioError, INTERRUPT_CONFIG};
+use super::{Activation, Interrupt, IrqfdInterrupt, PassEnd, VirtioDevice, VirtioError, INTERRUPT_CONFIG};
 use crate::devices::bus::BusDevice;
 use crate::vstate::memory::GuestMemoryMmap;
 
@@ -80,6 +84,10 @@ pub enum MmioError {
     Device(Box<VirtioError>),
     #[error("cannot create a queue notifier eventfd: {0}; check the open-file limit (ulimit -n)")]
     Notifier(io::Error),
+    #[error(
+        "cannot create the epoll set for a device's host events: {0}; check the open-file limit (ulimit -n)"
+    )]
+    HostEvents(io::Error),
 }
 
 /// What the driver wrote for one queue; turned into a `Queue` at DRIVER_OK.
@@ -172,6 +180,8 @@ pub struct MmioTransport<D: VirtioDevice> {
     /// One per queue: KVM signals them on `QueueNotify` writes, and we
     /// signal one ourselves when a pass yields with work left.
     queue_notifiers: Vec<EventFd>,
+    /// The device's host fds; empty whenever the device is not active.
+    host_events: Arc<HostEvents>,
     active: bool,
 }
 
@@ -193,6 +203,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
             .map(|_| EventFd::new(EFD_NONBLOCK))
             .collect::<Result<Vec<_>, _>>()
             .map_err(MmioError::Notifier)?;
+        let host_events = Arc::new(HostEvents::new().map_err(MmioError::HostEvents)?);
         Ok(Self {
             device,
             mem,
@@ -206,6 +217,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
             setups,
             queues: Vec::new(),
             queue_notifiers,
+            host_events,
             active: false,
         })
     }
@@ -216,8 +228,18 @@ impl<D: VirtioDevice> MmioTransport<D> {
         &self.queue_notifiers
     }
 
+    /// The device's set of host fds, for the event loop to watch.
+    pub fn host_events(&self) -> &Arc<HostEvents> {
+        &self.host_events
+    }
+
     pub fn device(&self) -> &D {
         &self.device
+    }
+
+    #[cfg(test)]
+    pub(crate) fn device_mut(&mut self) -> &mut D {
+        &mut self.device
     }
 
     pub fn device_status(&self) -> u32 {
@@ -238,7 +260,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
             debug_guest!("virtio-mmio: notification for queue {index} before DRIVER_OK ignored");
             return;
         }
-        let Some(queue) = self.queues.get_mut(index as usize) else {
+        let Some(queue) = self.queues.get(index as usize) else {
             warn_guest!("virtio-mmio: driver notified nonexistent queue {index}");
             return;
         };
@@ -246,13 +268,77 @@ impl<D: VirtioDevice> MmioTransport<D> {
             debug_guest!("virtio-mmio: notification for disabled queue {index} ignored");
             return;
         }
-        match self.device.process_queue(index as usize, queue) {
+        match self.device.process_queue(index as usize, &mut self.queues) {
             Ok(PassEnd::Drained) => {}
             Ok(PassEnd::Yielded) => self.rearm(index),
             Err(e) => {
                 warn_guest!("virtio-mmio: queue {index} failed: {e}");
                 self.needs_reset();
             }
+        }
+    }
+
+    /// Serves the device's ready host fds, at most [`HOST_EVENT_BATCH`] of
+    /// them; the rest stay ready for the next round of the event loop.
+    /// Returns how many were ready.
+    pub fn serve_host_events(&mut self) -> usize {
+        if !self.active {
+            // Nothing should be watched; make sure nothing spins.
+            self.host_events.clear();
+            return 0;
+        }
+        let mut ready = [EpollEvent::default(); HOST_EVENT_BATCH];
+        let count = match self.host_events.ready(&mut ready) {
+            Ok(count) => count,
+            Err(e) => {
+                log::error!("virtio-mmio: cannot read the device's host events: {e}");
+                return 0;
+            }
+        };
+        for event in &ready[..count] {
+            // A failure earlier in this batch stopped the device.
+            if !self.active {
+                break;
+            }
+            let Ok(fd) = RawFd::try_from(event.data()) else {
+                continue;
+            };
+            // Removed by the device earlier in this batch.
+            let Some(watch) = self.host_events.lookup(fd) else {
+                continue;
+            };
+            let ready = event.event_set();
+            if let Err(e) = self
+                .device
+                .process_host_event(watch.token, ready, &mut self.queues)
+            {
+                warn_guest!("virtio-mmio: device {} failed: {e}", self.device.device_type());
+                self.needs_reset();
+                break;
+            }
+            // Reported forever otherwise, whatever the interest.
+            if ready.intersects(EventSet::HANG_UP | EventSet::ERROR)
+                && self.host_events.forget_unless_changed(fd, watch)
+            {
+                log::debug!(
+                    "virtio-mmio: device {} host fd (token {}) hung up; no longer watched",
+                    self.device.device_type(),
+                    watch.token
+                );
+            }
+        }
+        count
+    }
+
+    /// Stops the device: its own reset, then no host fd is left watched.
+    fn stop_device(&mut self) {
+        self.device.reset();
+        let left = self.host_events.clear();
+        if left > 0 {
+            log::debug!(
+                "virtio-mmio: device {} left {left} host fds watched after its reset",
+                self.device.device_type()
+            );
         }
     }
 
@@ -270,7 +356,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
 
     fn reset(&mut self) {
         if self.active {
-            self.device.reset();
+            self.stop_device();
         }
         self.active = false;
         self.queues.clear();
@@ -289,7 +375,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
     /// Stops the device and asks the driver to reset it (§2.1.2).
     fn needs_reset(&mut self) {
         if self.active {
-            self.device.reset();
+            self.stop_device();
         }
         self.active = false;
         self.queues.clear();
@@ -326,9 +412,17 @@ impl<D: VirtioDevice> MmioTransport<D> {
             .map(|(index, setup)| setup.build(index, event_idx, &self.mem))
             .collect::<Result<Vec<_>, _>>()?;
         let interrupt: Arc<dyn Interrupt> = self.interrupt.clone();
-        self.device
-            .activate(self.driver_features, self.mem.clone(), interrupt)
-            .map_err(|e| MmioError::Device(Box::new(e)))?;
+        let ctx = Activation::new(
+            self.driver_features,
+            self.mem.clone(),
+            interrupt,
+            self.host_events.clone(),
+        );
+        if let Err(e) = self.device.activate(ctx) {
+            // It may have got half-way.
+            self.stop_device();
+            return Err(MmioError::Device(Box::new(e)));
+        }
         self.queues = queues;
         self.active = true;
         Ok(())

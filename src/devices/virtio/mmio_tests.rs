@@ -47,16 +47,12 @@ impl VirtioDevice for FakeDevice {
             .config_writes
             .push((offset, data.to_vec()));
     }
-    fn activate(
-        &mut self,
-        acked: u64,
-        _mem: GuestMemoryMmap,
-        _interrupt: Arc<dyn Interrupt>,
-    ) -> Result<(), VirtioError> {
-        self.record.lock().unwrap().activations.push(acked);
+    fn activate(&mut self, ctx: Activation) -> Result<(), VirtioError> {
+        self.record.lock().unwrap().activations.push(ctx.acked_features);
         Ok(())
     }
-    fn process_queue(&mut self, index: usize, queue: &mut Queue) -> Result<PassEnd, QueueError> {
+    fn process_queue(&mut self, index: usize, queues: &mut [Queue]) -> Result<PassEnd, QueueError> {
+        let queue = &queues[index];
         let mut record = self.record.lock().unwrap();
         record
             .processed
@@ -482,10 +478,10 @@ fn rejects_devices_with_bad_queue_maximum() {
         }
         fn read_config(&self, _: u64, _: &mut [u8]) {}
         fn write_config(&mut self, _: u64, _: &[u8]) {}
-        fn activate(&mut self, _: u64, _: GuestMemoryMmap, _: Arc<dyn Interrupt>) -> Result<(), VirtioError> {
+        fn activate(&mut self, _: Activation) -> Result<(), VirtioError> {
             Ok(())
         }
-        fn process_queue(&mut self, _: usize, _: &mut Queue) -> Result<PassEnd, QueueError> {
+        fn process_queue(&mut self, _: usize, _: &mut [Queue]) -> Result<PassEnd, QueueError> {
             Ok(PassEnd::Drained)
         }
         fn reset(&mut self) {}

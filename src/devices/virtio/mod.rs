@@ -1,35 +1,46 @@
 //! virtio devices over the virtio-mmio transport (virtio 1.2, modern only).
 //!
-//! A device implements [`VirtioDevice`]; [`attach_mmio_device`] wraps it in
-//! an [`MmioTransport`], connects its queue notifications (ioeventfd) and
+//! A device implements [`VirtioDevice`]; [`MmioDevices::attach`] gives it
+//! the next [`MmioSlot`] and [`attach_mmio_device`] wraps it in an
+//! [`MmioTransport`], connects its queue notifications (ioeventfd) and
 //! interrupt (irqfd) to KVM, puts it on the MMIO bus and hands its queue
-//! events to the event loop.
+//! notifiers and its own host fds ([`HostEvents`]) to the event loop.
+//!
+//! A new device kind is a folder here (its `VirtioDevice`), a `pub mod`
+//! line below, and one `attach` line in the VMM builder. Shared pieces:
+//! [`queue::drain_queue`] for bounded passes, [`ranges`] for a chain's
+//! guest memory spans, `test_utils` for unit tests.
 
 use std::io;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
+use event_manager::EventSet;
 use kvm_ioctls::{IoEventAddress, VmFd};
 use virtio_queue::Queue;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use crate::arch::x86_64::layout;
 use crate::devices::bus::{Bus, BusError};
 use crate::devices::EventLoop;
 use crate::vstate::memory::GuestMemoryMmap;
 
 pub mod block;
 mod chain;
+pub mod events;
 pub mod handler;
 pub mod mmio;
 pub mod net;
 pub mod queue;
+pub mod ranges;
+pub mod slots;
 #[cfg(test)]
 pub(crate) mod test_utils;
 
+pub use events::{HostEvents, Watched};
 pub use handler::MmioEventHandler;
 pub use mmio::{MmioError, MmioTransport};
-pub use queue::{PassEnd, QueueError};
+pub use queue::{PassEnd, QueueError, QueueRules};
+pub use slots::{MmioDevices, MmioSlot, MmioSlots};
 
 /// Device status bits (virtio 1.2 §2.1).
 pub mod status {
@@ -54,8 +65,13 @@ pub const INTERRUPT_CONFIG: u32 = 2;
 
 /// A device behind a virtio transport.
 ///
-/// The transport owns the queues and calls [`VirtioDevice::process_queue`]
-/// when the driver notifies one, on whichever thread saw the notification.
+/// The transport owns the queues and hands them to the device: when the
+/// driver notifies a queue ([`VirtioDevice::process_queue`]), and when a
+/// host fd the device watches is ready
+/// ([`VirtioDevice::process_host_event`]). Calls come on whichever thread
+/// saw the event (the VMM thread, or a vCPU thread for a trapped
+/// `QueueNotify`), always under the transport's lock, never at the same
+/// time.
 pub trait VirtioDevice: Send {
     /// virtio device ID (§5), e.g. 2 for block.
     fn device_type(&self) -> u32;
@@ -69,21 +85,71 @@ pub trait VirtioDevice: Send {
     fn read_config(&self, offset: u64, data: &mut [u8]);
     /// Writes device config space; read-only fields ignore writes.
     fn write_config(&mut self, offset: u64, data: &[u8]);
-    /// Called when the driver sets DRIVER_OK with a consistent setup.
-    fn activate(
+    /// Called when the driver sets DRIVER_OK with a consistent setup, on
+    /// the vCPU thread that wrote it: must not block. The device may add
+    /// its host fds to `ctx.host_events` here or later. If it fails,
+    /// [`VirtioDevice::reset`] follows.
+    fn activate(&mut self, ctx: Activation) -> Result<(), VirtioError>;
+    /// Handles buffers the driver made available on queue `index` (always a
+    /// ready queue of an activated device), in one bounded pass (see
+    /// [`queue::drain_queue`]). All the device's queues are in `queues`, by
+    /// index; the others may not be ready. [`PassEnd::Yielded`] asks the
+    /// transport for another pass once the event loop has served everything
+    /// else. An error marks the device as needing a reset.
+    fn process_queue(&mut self, index: usize, queues: &mut [Queue]) -> Result<PassEnd, QueueError>;
+    /// A host fd the device registered under `token` is ready for `ready`
+    /// (which may include `EventSet::HANG_UP` or `EventSet::ERROR`: that is
+    /// reported once, and the fd is removed after this call unless the
+    /// device registered it again). Bounded work, like a queue pass; the
+    /// set is level-triggered, so an fd left ready after
+    /// [`PassEnd::Yielded`] is reported again after everything else that is
+    /// ready. An fd the device cannot serve now must get an empty interest
+    /// (see [`HostEvents::modify`]). An error marks the device as needing a
+    /// reset. Calls may be spurious (the token was just removed or reused).
+    fn process_host_event(
         &mut self,
+        token: u64,
+        ready: EventSet,
+        queues: &mut [Queue],
+    ) -> Result<PassEnd, QueueError> {
+        let _ = (token, ready, queues);
+        Ok(PassEnd::Drained)
+    }
+    /// Returns to the pre-activation state: drops memory and interrupt, and
+    /// removes its fds from the host events (before closing them). The
+    /// transport then clears the set anyway. Also called after a failed
+    /// activation.
+    fn reset(&mut self);
+}
+
+/// What a device gets when the driver starts it.
+#[derive(Clone)]
+pub struct Activation {
+    pub acked_features: u64,
+    pub mem: GuestMemoryMmap,
+    pub interrupt: Arc<dyn Interrupt>,
+    /// How to walk the queues (indirect descriptors, pass budget).
+    pub rules: QueueRules,
+    /// The device's own set of host fds, watched by the event loop.
+    pub host_events: Arc<HostEvents>,
+}
+
+impl Activation {
+    /// The activation for a driver that accepted `acked_features`.
+    pub fn new(
         acked_features: u64,
         mem: GuestMemoryMmap,
         interrupt: Arc<dyn Interrupt>,
-    ) -> Result<(), VirtioError>;
-    /// Handles buffers the driver made available on queue `index` (always a
-    /// ready queue of an activated device), in one bounded pass (see
-    /// [`queue::drain_queue`]). [`PassEnd::Yielded`] asks the transport for
-    /// another pass once the event loop has served everything else. An
-    /// error marks the device as needing a reset.
-    fn process_queue(&mut self, index: usize, queue: &mut Queue) -> Result<PassEnd, QueueError>;
-    /// Returns to the pre-activation state; drops memory and interrupt.
-    fn reset(&mut self);
+        host_events: Arc<HostEvents>,
+    ) -> Self {
+        Self {
+            acked_features,
+            mem,
+            interrupt,
+            rules: QueueRules::negotiated(acked_features),
+            host_events,
+        }
+    }
 }
 
 /// How a device tells the driver something happened; like
@@ -155,40 +221,10 @@ pub enum VirtioError {
     WindowTooSmall { base: u64, len: u64, min: u64 },
     #[error(transparent)]
     Transport(#[from] MmioError),
+    #[error("more than {max} virtio devices (disks, network cards and vsock together); kiln has {max} virtio-mmio slots, remove some")]
+    TooManyDevices { max: u32 },
     #[error("virtio device failed to start: {0}")]
     Activation(String),
-}
-
-/// Where a virtio-mmio device lives in the guest.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct MmioSlot {
-    pub index: u32,
-    pub base: u64,
-    pub len: u64,
-    pub gsi: u32,
-}
-
-impl MmioSlot {
-    /// Slot `index` of the fixed layout, or `None` past `MAX_VIRTIO_DEVICES`.
-    pub fn from_layout(index: u32) -> Option<Self> {
-        (index < layout::MAX_VIRTIO_DEVICES).then(|| Self {
-            index,
-            base: layout::virtio_mmio_base(index),
-            len: layout::VIRTIO_MMIO_SIZE,
-            gsi: layout::VIRTIO_IRQ_BASE + index,
-        })
-    }
-
-    /// The Linux command-line parameter that announces this device when
-    /// there is no ACPI/DT description of it.
-    pub fn kernel_cmdline_arg(&self) -> String {
-        format!(
-            "virtio_mmio.device={}K@{:#x}:{}",
-            self.len >> 10,
-            self.base,
-            self.gsi
-        )
-    }
 }
 
 /// Creates the transport around `device`, registers one ioeventfd per queue
@@ -215,15 +251,14 @@ pub fn attach_mmio_device<D: VirtioDevice + 'static>(
     }
     let irqfd = EventFd::new(EFD_NONBLOCK).map_err(VirtioError::EventFd)?;
     let interrupt = Arc::new(IrqfdInterrupt::new(irqfd));
-    let transport = MmioTransport::new(device, mem.clone(), interrupt.clone())?;
+    let transport = Arc::new(Mutex::new(MmioTransport::new(
+        device,
+        mem.clone(),
+        interrupt.clone(),
+    )?));
     // KVM and the event loop share the transport's notifiers.
-    let queue_evts = transport
-        .queue_notifiers()
-        .iter()
-        .map(EventFd::try_clone)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(VirtioError::EventFd)?;
-    let transport = Arc::new(Mutex::new(transport));
+    let handler = MmioEventHandler::new(transport.clone())?;
+    let queue_evts = handler.queue_notifiers();
 
     let notify_addr = IoEventAddress::Mmio(slot.base + mmio::QUEUE_NOTIFY_OFFSET);
     let mut registered = Vec::new();
@@ -259,7 +294,6 @@ pub fn attach_mmio_device<D: VirtioDevice + 'static>(
             source,
         });
     }
-    let handler = MmioEventHandler::new(transport, queue_evts);
     event_manager::SubscriberOps::add_subscriber(event_loop, Arc::new(Mutex::new(handler)));
     Ok(())
 }
@@ -291,18 +325,6 @@ mod tests {
         assert_eq!(irq.status(), INTERRUPT_CONFIG);
         irq.clear();
         assert_eq!(irq.status(), 0);
-    }
-
-    #[test]
-    fn slots_follow_the_layout() {
-        let slot = MmioSlot::from_layout(1).unwrap();
-        assert_eq!(slot.base, layout::VIRTIO_MMIO_START + 0x1000);
-        assert_eq!(slot.gsi, layout::VIRTIO_IRQ_BASE + 1);
-        assert_eq!(
-            slot.kernel_cmdline_arg(),
-            format!("virtio_mmio.device=4K@0xd0001000:{}", layout::VIRTIO_IRQ_BASE + 1)
-        );
-        assert!(MmioSlot::from_layout(layout::MAX_VIRTIO_DEVICES).is_none());
     }
 
     #[test]

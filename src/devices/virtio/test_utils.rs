@@ -1,17 +1,24 @@
 //! Shared unit-test harness for virtio devices: the driver's side of a split
 //! ring laid out wherever a test wants it (several memory regions, rings
 //! overlapping, indices near the wrap), descriptor builders, an interrupt
-//! that counts, and a queue whose driver publishes at the worst moment.
+//! that counts, a queue whose driver publishes at the worst moment, and a
+//! device wired to its transport and an event loop.
 
 use std::num::Wrapping;
 use std::ops::Deref;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 
+use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
 use virtio_queue::desc::{split::Descriptor, RawDescriptor};
 use virtio_queue::{DescriptorChain, Error, Queue, QueueGuard, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemory};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::Interrupt;
+use super::status::DRIVER_OK;
+use super::{
+    Activation, HostEvents, Interrupt, IrqfdInterrupt, MmioEventHandler, MmioTransport, VirtioDevice,
+};
 use crate::devices::bus::BusDevice;
 use crate::vstate::memory::GuestMemoryMmap;
 
@@ -23,6 +30,18 @@ pub const INDIRECT_FLAG: u16 = 4;
 pub fn memory(regions: &[(u64, usize)]) -> GuestMemoryMmap {
     let ranges: Vec<_> = regions.iter().map(|&(a, l)| (GuestAddress(a), l)).collect();
     GuestMemoryMmap::from_ranges(&ranges).unwrap()
+}
+
+/// Bytes a test can recognise wherever they land: 0, 1, ... 250, 0, ...
+pub fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i % 251) as u8).collect()
+}
+
+/// `len` bytes of guest memory at `addr`.
+pub fn guest_bytes(mem: &GuestMemoryMmap, addr: u64, len: usize) -> Vec<u8> {
+    let mut buf = vec![0; len];
+    mem.read_slice(&mut buf, GuestAddress(addr)).unwrap();
+    buf
 }
 
 #[derive(Default)]
@@ -145,6 +164,15 @@ impl DriverRing {
         self.set_avail_idx(mem, start);
         mem.write_obj(start, GuestAddress(self.used + 2)).unwrap();
         q
+    }
+
+    /// Starts the ring afresh (both indices 0) with `table` at descriptor
+    /// 0 and `heads` available; returns the device's queue over it.
+    pub fn load(&self, mem: &GuestMemoryMmap, table: &[RawDescriptor], heads: &[u16]) -> Queue {
+        let ring = Self::with_layout(mem, self.size, self.desc, self.avail, self.used);
+        ring.set_desc_table(mem, 0, table);
+        ring.publish(mem, heads);
+        ring.queue()
     }
 
     pub fn set_desc_table(&self, mem: &GuestMemoryMmap, first: u16, table: &[RawDescriptor]) {
@@ -347,5 +375,95 @@ impl QueueT for RacingQueue<'_> {
         M::Target: GuestMemory,
     {
         self.inner.pop_descriptor_chain(mem)
+    }
+}
+
+/// What the transport hands a device at DRIVER_OK, for a driver that
+/// accepted `features`, with a fresh set of host events.
+pub fn activation(features: u64, mem: GuestMemoryMmap, interrupt: Arc<dyn Interrupt>) -> Activation {
+    Activation::new(features, mem, interrupt, Arc::new(HostEvents::new().unwrap()))
+}
+
+/// The event loop a test runs by hand (`run_with_timeout(0)`).
+pub type TestLoop = EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>>;
+
+/// Counts its eventfd's events: stands for the signal watcher, the
+/// console, another device.
+struct OtherSource {
+    evt: EventFd,
+    served: Arc<AtomicU32>,
+}
+
+impl MutEventSubscriber for OtherSource {
+    fn init(&mut self, ops: &mut EventOps) {
+        ops.add(Events::new(&self.evt, EventSet::IN)).unwrap();
+    }
+    fn process(&mut self, _: Events, _: &mut EventOps) {
+        let _ = self.evt.read();
+        self.served.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// Another event source in `event_loop`: signal the eventfd, then see how
+/// often it was served.
+pub fn other_source(event_loop: &mut TestLoop) -> (EventFd, Arc<AtomicU32>) {
+    let evt = EventFd::new(EFD_NONBLOCK).unwrap();
+    let served = Arc::new(AtomicU32::new(0));
+    event_loop.add_subscriber(Arc::new(Mutex::new(OtherSource {
+        evt: evt.try_clone().unwrap(),
+        served: served.clone(),
+    })));
+    (evt, served)
+}
+
+/// A device behind its transport, with the transport's handler in an event
+/// loop of its own, as `attach_mmio_device` wires it (without KVM).
+pub struct Wired<D: VirtioDevice> {
+    pub transport: Arc<Mutex<MmioTransport<D>>>,
+    pub event_loop: TestLoop,
+    /// Clones of the queue notifiers: what a guest's `QueueNotify` signals.
+    pub kicks: Vec<EventFd>,
+}
+
+pub fn wire<D: VirtioDevice + 'static>(device: D, mem: &GuestMemoryMmap) -> Wired<D> {
+    let irq = Arc::new(IrqfdInterrupt::new(EventFd::new(EFD_NONBLOCK).unwrap()));
+    let transport = Arc::new(Mutex::new(MmioTransport::new(device, mem.clone(), irq).unwrap()));
+    let handler = MmioEventHandler::new(transport.clone()).unwrap();
+    let kicks = handler
+        .queue_notifiers()
+        .iter()
+        .map(|e| e.try_clone().unwrap())
+        .collect();
+    let mut event_loop: TestLoop = EventManager::new().unwrap();
+    event_loop.add_subscriber(Arc::new(Mutex::new(handler)));
+    Wired {
+        transport,
+        event_loop,
+        kicks,
+    }
+}
+
+impl<D: VirtioDevice + 'static> Wired<D> {
+    /// One round of the event loop without waiting; how many events it served.
+    pub fn run(&mut self) -> usize {
+        self.event_loop.run_with_timeout(0).unwrap()
+    }
+
+    /// The driver's start-up over `rings`, with `features`; asserts it
+    /// reached DRIVER_OK.
+    pub fn start(&self, features: u64, rings: &[DriverRing]) {
+        let status = start_driver(&mut *self.transport.lock().unwrap(), features, rings);
+        assert_eq!(status & DRIVER_OK, DRIVER_OK, "status {status:#x}");
+    }
+
+    /// The driver writes 0 to Status.
+    pub fn reset(&self) {
+        self.transport.lock().unwrap().write(0x070, &0u32.to_le_bytes());
+    }
+
+    pub fn status(&self) -> u32 {
+        let mut data = [0u8; 4];
+        self.transport.lock().unwrap().read(0x070, &mut data);
+        u32::from_le_bytes(data)
     }
 }

@@ -6,19 +6,22 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use virtio_queue::Queue;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, VolatileSlice};
+use vm_memory::{Bytes, GuestAddress};
 
 use super::features::{
     VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX,
     VIRTIO_BLK_F_SIZE_MAX, VIRTIO_BLK_F_WRITE_ZEROES,
 };
-use super::request::{self, GuestRange, Limits, Operation, Parsed};
+use super::request::{self, Limits, Operation, Parsed};
 use super::request_status::{IOERR, OK};
 use super::{BlockConfig, BLOCK_DEVICE_ID, ID_BYTES, SECTOR_SIZE};
 use crate::backends::{FileBackend, FileBackendError};
 use crate::devices::virtio::features::{VIRTIO_F_INDIRECT_DESC, VIRTIO_F_RING_EVENT_IDX, VIRTIO_F_VERSION_1};
 use crate::devices::virtio::queue::{drain_queue, Chain, PassEnd, QueueError, QueueRules, Served};
-use crate::devices::virtio::{read_config_bytes, Interrupt, VirtioDevice, VirtioError, INTERRUPT_VRING};
+use crate::devices::virtio::ranges::{guest_slices, total_len, write_ranges};
+use crate::devices::virtio::{
+    read_config_bytes, Activation, Interrupt, VirtioDevice, VirtioError, INTERRUPT_VRING,
+};
 use crate::vstate::memory::GuestMemoryMmap;
 
 /// Descriptors per queue.
@@ -170,26 +173,21 @@ impl VirtioDevice for BlockDevice {
         );
     }
 
-    fn activate(
-        &mut self,
-        acked_features: u64,
-        mem: GuestMemoryMmap,
-        interrupt: Arc<dyn Interrupt>,
-    ) -> Result<(), VirtioError> {
+    fn activate(&mut self, ctx: Activation) -> Result<(), VirtioError> {
         // A driver without the flush command assumes there is no volatile
         // write cache (Linux: virtblk_get_cache_mode), so each write must be
         // durable when it completes.
-        let flush_negotiated = acked_features & (1 << VIRTIO_BLK_F_FLUSH) != 0;
+        let flush_negotiated = ctx.acked_features & (1 << VIRTIO_BLK_F_FLUSH) != 0;
         self.backend.set_write_through(!flush_negotiated);
         self.active = Some(Active {
-            mem,
-            interrupt,
-            rules: QueueRules::negotiated(acked_features),
+            mem: ctx.mem,
+            interrupt: ctx.interrupt,
+            rules: ctx.rules,
         });
         Ok(())
     }
 
-    fn process_queue(&mut self, _index: usize, queue: &mut Queue) -> Result<PassEnd, QueueError> {
+    fn process_queue(&mut self, index: usize, queues: &mut [Queue]) -> Result<PassEnd, QueueError> {
         let Self {
             backend,
             id,
@@ -197,7 +195,7 @@ impl VirtioDevice for BlockDevice {
             active,
             ..
         } = self;
-        let Some(active) = active.as_ref() else {
+        let (Some(active), Some(queue)) = (active.as_ref(), queues.get_mut(index)) else {
             return Ok(PassEnd::Drained);
         };
         let mem = &active.mem;
@@ -278,7 +276,7 @@ fn execute(
     match op {
         Operation::Read { offset, data } => {
             backend.read_at(offset, &guest_slices(mem, &data)?)?;
-            Ok(u32::try_from(request::total_len(&data)).unwrap_or(u32::MAX))
+            Ok(u32::try_from(total_len(&data)).unwrap_or(u32::MAX))
         }
         Operation::Write { offset, data } => {
             backend.write_at(offset, &guest_slices(mem, &data)?)?;
@@ -286,7 +284,7 @@ fn execute(
         }
         Operation::Flush => backend.flush().map(|()| 0),
         Operation::GetId { data } => {
-            let written = request::write_ranges(mem, &data, id).map_err(io::Error::other)?;
+            let written = write_ranges(mem, &data, id).map_err(io::Error::other)?;
             Ok(written as u32)
         }
         Operation::Discard(extents) => {
@@ -302,18 +300,6 @@ fn execute(
             Ok(0)
         }
     }
-}
-
-/// Host views of guest ranges, split where guest memory regions end.
-fn guest_slices<'m>(mem: &'m GuestMemoryMmap, ranges: &[GuestRange]) -> io::Result<Vec<VolatileSlice<'m>>> {
-    let mut slices = Vec::with_capacity(ranges.len());
-    for range in ranges {
-        let len = usize::try_from(range.len).map_err(io::Error::other)?;
-        for slice in GuestMemoryBackend::get_slices(mem, range.addr, len) {
-            slices.push(slice.map_err(io::Error::other)?);
-        }
-    }
-    Ok(slices)
 }
 
 /// A user-supplied id: at most 20 printable ASCII bytes, NUL-padded.

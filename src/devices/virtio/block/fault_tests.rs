@@ -7,7 +7,6 @@ use std::ffi::CString;
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::sync::Arc;
 
 use vm_memory::GuestAddress;
 use vmm_sys_util::tempfile::TempFile;
@@ -31,12 +30,9 @@ fn faulty_harness(image: TempFile, cache: CacheMode, shared: bool, acked: u64) -
     let backend = FileBackend::open(image.as_path(), false, cache, shared)
         .unwrap()
         .with_io(faults.boxed());
-    let mut dev = BlockDevice::with_backend(backend, *b"kiln-fault-test\0\0\0\0\0");
+    let dev = BlockDevice::with_backend(backend, *b"kiln-fault-test\0\0\0\0\0");
     let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)]).unwrap();
-    let irq = Arc::new(CountingInterrupt::default());
-    dev.activate(dev.device_features() & acked, mem.clone(), irq.clone())
-        .unwrap();
-    (Harness { mem, image, dev, irq }, faults)
+    (Harness::activated(dev, image, mem, acked), faults)
 }
 
 fn patterned_image() -> TempFile {
@@ -105,7 +101,7 @@ fn driver_without_flush_gets_durable_writes() {
     h.dev.reset();
     let irq = h.irq.clone();
     h.dev
-        .activate(h.dev.device_features(), h.mem.clone(), irq)
+        .activate(activation(h.dev.device_features(), h.mem.clone(), irq))
         .unwrap();
     assert_eq!(write(&mut h, 0, 3, 1024), OK);
     assert_eq!(faults.syncs(), 2);
@@ -117,7 +113,11 @@ fn driver_without_flush_gets_durable_writes() {
     h.dev.reset();
     let irq = h.irq.clone();
     h.dev
-        .activate(h.dev.device_features() & ALL_BUT_FLUSH, h.mem.clone(), irq)
+        .activate(activation(
+            h.dev.device_features() & ALL_BUT_FLUSH,
+            h.mem.clone(),
+            irq,
+        ))
         .unwrap();
     assert_eq!(write(&mut h, 0, 4, 512), OK);
     assert_eq!(faults.syncs(), 4);

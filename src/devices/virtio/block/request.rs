@@ -6,25 +6,22 @@
 //! checked against guest memory and every sector range against the image
 //! before anything is executed.
 
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
+use vm_memory::GuestAddress;
 
 use super::request_status::{IOERR, UNSUPP};
 use super::request_type::{DISCARD, FLUSH, GET_ID, IN, OUT, WRITE_ZEROES};
 use super::SECTOR_SIZE;
-use crate::devices::virtio::queue::{Chain, ChainFault};
+use crate::devices::virtio::queue::Chain;
+pub use crate::devices::virtio::ranges::GuestRange;
+use crate::devices::virtio::ranges::{
+    in_guest_memory, read_ranges, take_front, total_len, walk_ranges, RangeError,
+};
 use crate::vstate::memory::GuestMemoryMmap;
 
 const HEADER_LEN: u64 = 16;
 /// Size of one `virtio_blk_discard_write_zeroes` segment.
 const SEGMENT_LEN: u64 = 16;
 const SEGMENT_FLAG_UNMAP: u32 = 1;
-
-/// A span of guest memory, already checked to be inside it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct GuestRange {
-    pub addr: GuestAddress,
-    pub len: u64,
-}
 
 /// A byte range of the image for discard / write-zeroes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -89,16 +86,10 @@ pub struct Limits {
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum RequestError {
-    #[error("descriptor chain is broken: {0}")]
-    BrokenChain(ChainFault),
+    #[error(transparent)]
+    Chain(#[from] RangeError),
     #[error("descriptor chain does not end in a device-writable status byte")]
     NoStatus,
-    #[error("descriptor {addr:#x}+{len:#x} is outside guest memory")]
-    OutsideGuestMemory { addr: u64, len: u64 },
-    #[error("device-readable descriptor after a device-writable one")]
-    ReadableAfterWritable,
-    #[error("descriptor chain is longer than {max} descriptors")]
-    TooManyDescriptors { max: usize },
     #[error("request header is {len} bytes; it needs 16")]
     ShortHeader { len: u64 },
     #[error("request type {0} is not supported")]
@@ -129,8 +120,6 @@ pub enum RequestError {
         sectors: u32,
         max: u32,
     },
-    #[error("cannot read the request from guest memory")]
-    GuestMemory,
 }
 
 impl RequestError {
@@ -170,64 +159,16 @@ struct Walk {
     defect: Option<RequestError>,
 }
 
-/// How far a walk goes to find the status byte of a chain that is already
-/// refused: beyond any chain a queue holds directly, but not through a
-/// 65,535-entry indirect table, which would cost 64 times as much.
-const MAX_WALK: usize = 1024;
-
-fn walk_chain(mut chain: Chain<'_>, mem: &GuestMemoryMmap, max: usize) -> Result<Walk, RequestError> {
-    let mut readable = Vec::new();
-    let mut writable = Vec::new();
-    let mut seen_writable = false;
-    let mut defect = None;
-    let mut last = None;
-    // The walk stops at queue size (or indirect table size), so a loop
-    // ends here too; we keep walking after a defect only to find the status
-    // descriptor at the end, and not for long.
-    let give_up = max.max(MAX_WALK);
-    for (count, desc) in chain.by_ref().enumerate() {
-        if count >= give_up {
-            return Err(RequestError::TooManyDescriptors { max });
-        }
-        last = Some(desc);
-        if defect.is_some() {
-            continue;
-        }
-        let range = GuestRange {
-            addr: desc.addr(),
-            len: u64::from(desc.len()),
-        };
-        if count >= max {
-            defect = Some(RequestError::TooManyDescriptors { max });
-        } else if !in_guest_memory(mem, range) {
-            defect = Some(RequestError::OutsideGuestMemory {
-                addr: range.addr.0,
-                len: range.len,
-            });
-        } else if desc.is_write_only() {
-            seen_writable = true;
-            if range.len > 0 {
-                writable.push(range);
-            }
-        } else if seen_writable {
-            defect = Some(RequestError::ReadableAfterWritable);
-        } else if range.len > 0 {
-            readable.push(range);
-        }
-    }
+fn walk_chain(chain: Chain<'_>, mem: &GuestMemoryMmap, max: usize) -> Result<Walk, RequestError> {
     // A walk that ends early leaves no status descriptor to answer in.
-    if let Some(fault) = chain.fault() {
-        return Err(RequestError::BrokenChain(fault));
-    }
-    let last = last.ok_or(RequestError::NoStatus)?;
-    let last_range = GuestRange {
-        addr: last.addr(),
-        len: u64::from(last.len()),
-    };
-    if !last.is_write_only() || last_range.len == 0 || !in_guest_memory(mem, last_range) {
+    let ranges = walk_ranges(chain, mem, max)?;
+    let defect = ranges.defect.map(RequestError::from);
+    let last = ranges.last.ok_or(RequestError::NoStatus)?;
+    if !last.writable || last.range.len == 0 || !in_guest_memory(mem, last.range) {
         return Err(defect.unwrap_or(RequestError::NoStatus));
     }
-    let status = GuestAddress(last_range.addr.0 + (last_range.len - 1));
+    let status = GuestAddress(last.range.addr.0 + (last.range.len - 1));
+    let mut writable = ranges.writable;
     if defect.is_none() {
         // Without a defect the last writable range is the last descriptor.
         if let Some(tail) = writable.last_mut() {
@@ -238,7 +179,7 @@ fn walk_chain(mut chain: Chain<'_>, mem: &GuestMemoryMmap, max: usize) -> Result
         }
     }
     Ok(Walk {
-        readable,
+        readable: ranges.readable,
         writable,
         status,
         defect,
@@ -396,101 +337,9 @@ fn parse_segments(
     Ok(extents)
 }
 
-fn in_guest_memory(mem: &GuestMemoryMmap, range: GuestRange) -> bool {
-    // An empty descriptor is never accessed, wherever it points.
-    range.len == 0
-        || usize::try_from(range.len).is_ok_and(|len| GuestMemoryBackend::check_range(mem, range.addr, len))
-}
-
-pub(crate) fn total_len(ranges: &[GuestRange]) -> u64 {
-    ranges.iter().map(|r| r.len).sum()
-}
-
-/// Splits the first `n` bytes off `ranges`; `None` if there are fewer.
-fn take_front(ranges: &mut Vec<GuestRange>, n: u64) -> Option<Vec<GuestRange>> {
-    if total_len(ranges) < n {
-        return None;
-    }
-    let mut front = Vec::new();
-    let mut need = n;
-    while need > 0 {
-        let first = ranges.first_mut()?;
-        if first.len <= need {
-            need -= first.len;
-            front.push(ranges.remove(0));
-        } else {
-            front.push(GuestRange {
-                addr: first.addr,
-                len: need,
-            });
-            // In guest memory, so the address cannot overflow.
-            first.addr = GuestAddress(first.addr.0 + need);
-            first.len -= need;
-            need = 0;
-        }
-    }
-    Some(front)
-}
-
-/// Fills `buf` from `ranges` in order (their total must cover `buf`).
-fn read_ranges(mem: &GuestMemoryMmap, ranges: &[GuestRange], buf: &mut [u8]) -> Result<(), RequestError> {
-    let mut pos = 0;
-    for range in ranges {
-        if pos == buf.len() {
-            break;
-        }
-        let n = (buf.len() - pos).min(usize::try_from(range.len).unwrap_or(usize::MAX));
-        mem.read_slice(&mut buf[pos..pos + n], range.addr)
-            .map_err(|_| RequestError::GuestMemory)?;
-        pos += n;
-    }
-    if pos == buf.len() {
-        Ok(())
-    } else {
-        Err(RequestError::GuestMemory)
-    }
-}
-
-/// Writes as much of `bytes` as fits into `ranges`; returns how much did.
-pub(crate) fn write_ranges(
-    mem: &GuestMemoryMmap,
-    ranges: &[GuestRange],
-    bytes: &[u8],
-) -> Result<usize, RequestError> {
-    let mut pos = 0;
-    for range in ranges {
-        if pos == bytes.len() {
-            break;
-        }
-        let n = (bytes.len() - pos).min(usize::try_from(range.len).unwrap_or(usize::MAX));
-        mem.write_slice(&bytes[pos..pos + n], range.addr)
-            .map_err(|_| RequestError::GuestMemory)?;
-        pos += n;
-    }
-    Ok(pos)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn range(addr: u64, len: u64) -> GuestRange {
-        GuestRange {
-            addr: GuestAddress(addr),
-            len,
-        }
-    }
-
-    #[test]
-    fn take_front_splits_ranges() {
-        let mut ranges = vec![range(0x100, 10), range(0x200, 10)];
-        let front = take_front(&mut ranges, 16).unwrap();
-        assert_eq!(front, [range(0x100, 10), range(0x200, 6)]);
-        assert_eq!(ranges, [range(0x206, 4)]);
-        assert!(take_front(&mut ranges, 5).is_none());
-        assert_eq!(take_front(&mut ranges, 4).unwrap(), [range(0x206, 4)]);
-        assert!(ranges.is_empty());
-    }
 
     #[test]
     fn io_range_checks_overflow_and_limits() {

@@ -5,8 +5,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use virtio_queue::desc::RawDescriptor;
-use virtio_queue::mock::MockSplitQueue;
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::Queue;
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::tempfile::TempFile;
 
@@ -14,11 +13,16 @@ use super::features::*;
 use super::request_status::{IOERR, OK};
 use super::request_type::*;
 use super::*;
-pub use crate::devices::virtio::test_utils::{link, r, w, CountingInterrupt, D, INDIRECT_FLAG, NEXT, WRITE};
+use crate::devices::virtio::test_utils::guest_bytes;
+pub use crate::devices::virtio::test_utils::{
+    activation, link, pattern, r, w, CountingInterrupt, DriverRing, D, INDIRECT_FLAG, NEXT, WRITE,
+};
 use crate::devices::virtio::VirtioDevice;
 use crate::vstate::memory::GuestMemoryMmap;
 
 pub const MEM_SIZE: u64 = 0x10_0000;
+/// The queue's rings: descriptor table at 0, then these.
+pub const AVAIL_RING: u64 = 0x1000;
 pub const USED_RING: u64 = 0x2000;
 pub const HDR: u64 = 0x3_0000;
 pub const STATUS: u64 = 0x3_1000;
@@ -27,15 +31,23 @@ pub const DATA: u64 = 0x4_0000;
 pub const IMAGE_LEN: usize = 64 * 1024;
 pub const QUEUE_LEN: u16 = 256;
 
-pub fn pattern(len: usize) -> Vec<u8> {
-    (0..len).map(|i| (i % 251) as u8).collect()
-}
-
 pub struct Harness {
     pub mem: GuestMemoryMmap,
     pub image: TempFile,
     pub dev: BlockDevice,
     pub irq: Arc<CountingInterrupt>,
+    /// The driver's side of the request queue.
+    pub ring: DriverRing,
+}
+
+/// Where the harness's driver keeps the request queue.
+pub fn request_ring() -> DriverRing {
+    DriverRing {
+        size: QUEUE_LEN,
+        desc: 0,
+        avail: AVAIL_RING,
+        used: USED_RING,
+    }
 }
 
 pub fn harness(read_only: bool) -> Harness {
@@ -51,20 +63,36 @@ pub fn harness_with(read_only: bool, id: Option<String>) -> Harness {
 pub fn harness_in(mem: GuestMemoryMmap, read_only: bool, id: Option<String>) -> Harness {
     let image = TempFile::new().unwrap();
     fs::write(image.as_path(), pattern(IMAGE_LEN)).unwrap();
-    let mut dev = BlockDevice::new(BlockConfig {
+    let dev = BlockDevice::new(BlockConfig {
         path: image.as_path().to_path_buf(),
         read_only,
         id,
         ..BlockConfig::default()
     })
     .unwrap();
-    let irq = Arc::new(CountingInterrupt::default());
-    dev.activate(dev.device_features(), mem.clone(), irq.clone())
-        .unwrap();
-    Harness { mem, image, dev, irq }
+    Harness::activated(dev, image, mem, u64::MAX)
 }
 
 impl Harness {
+    /// `dev` activated over `mem`, with the features it offers masked by
+    /// `acked`.
+    pub fn activated(mut dev: BlockDevice, image: TempFile, mem: GuestMemoryMmap, acked: u64) -> Self {
+        let irq = Arc::new(CountingInterrupt::default());
+        dev.activate(activation(
+            dev.device_features() & acked,
+            mem.clone(),
+            irq.clone(),
+        ))
+        .unwrap();
+        Self {
+            mem,
+            image,
+            dev,
+            irq,
+            ring: request_ring(),
+        }
+    }
+
     pub fn header(&self, kind: u32, sector: u64) {
         self.header_at(HDR, kind, sector);
     }
@@ -86,28 +114,16 @@ impl Harness {
     }
 
     /// A fresh queue holding `table` at descriptor index 0 and `heads` in
-    /// the available ring. The mock's used ring overlaps its available
-    /// ring, so ours lives apart at `USED_RING`.
+    /// the available ring.
     pub fn queue_with(&self, table: &[RawDescriptor], heads: &[u16]) -> Queue {
-        let vq = MockSplitQueue::new(&self.mem, QUEUE_LEN);
-        for (i, desc) in table.iter().enumerate() {
-            vq.desc_table().store(i as u16, *desc).unwrap();
-        }
-        for (i, &head) in heads.iter().enumerate() {
-            vq.avail().ring().ref_at(i).unwrap().store(head);
-        }
-        vq.avail().idx().store(heads.len() as u16);
-        let mut q: Queue = vq.create_queue().unwrap();
-        q.set_used_ring_address(Some(USED_RING as u32), Some(0));
-        self.mem.write_obj(0u32, GuestAddress(USED_RING)).unwrap();
-        q
+        self.ring.load(&self.mem, table, heads)
     }
 
     /// Submits one chain and returns the used length the device reported.
     pub fn submit(&mut self, descs: &[D]) -> u32 {
         self.mem.write_obj(0xeeu8, GuestAddress(STATUS)).unwrap();
         let mut q = self.queue_with(&link(descs, 0), &[0]);
-        self.dev.process_queue(0, &mut q).unwrap();
+        self.dev.process_queue(0, std::slice::from_mut(&mut q)).unwrap();
         assert_eq!(self.used_idx(), 1, "the chain must be returned");
         let (id, len) = self.used(0);
         assert_eq!(id, 0);
@@ -115,15 +131,12 @@ impl Harness {
     }
 
     pub fn used_idx(&self) -> u16 {
-        self.mem.read_obj(GuestAddress(USED_RING + 2)).unwrap()
+        self.ring.used_idx(&self.mem)
     }
 
     /// (id, len) of used-ring entry `i`.
-    pub fn used(&self, i: u64) -> (u32, u32) {
-        let at = USED_RING + 4 + 8 * i;
-        let id = self.mem.read_obj(GuestAddress(at)).unwrap();
-        let len = self.mem.read_obj(GuestAddress(at + 4)).unwrap();
-        (id, len)
+    pub fn used(&self, i: u16) -> (u32, u32) {
+        self.ring.used(&self.mem, i)
     }
 
     pub fn status(&self) -> u8 {
@@ -131,9 +144,7 @@ impl Harness {
     }
 
     pub fn guest_bytes(&self, addr: u64, len: usize) -> Vec<u8> {
-        let mut buf = vec![0; len];
-        self.mem.read_slice(&mut buf, GuestAddress(addr)).unwrap();
-        buf
+        guest_bytes(&self.mem, addr, len)
     }
 
     pub fn fill_guest(&self, addr: u64, bytes: &[u8]) {
@@ -274,7 +285,7 @@ fn one_notification_serves_many_requests() {
     let mut table = link(&[r(HDR, 16), w(DATA, 512), w(STATUS, 1)], 0);
     table.extend(link(&[r(HDR + 16, 16), w(STATUS + 1, 1)], 3));
     let mut q = h.queue_with(&table, &[0, 3]);
-    h.dev.process_queue(0, &mut q).unwrap();
+    h.dev.process_queue(0, std::slice::from_mut(&mut q)).unwrap();
     assert_eq!(h.used_idx(), 2);
     assert_eq!(h.used(0), (0, 513));
     assert_eq!(h.used(1), (3, 1));
@@ -357,7 +368,7 @@ fn reset_stops_processing() {
     h.dev.reset();
     h.header(IN, 0);
     let mut q = h.queue_with(&link(&[r(HDR, 16), w(DATA, 512), w(STATUS, 1)], 0), &[0]);
-    h.dev.process_queue(0, &mut q).unwrap();
+    h.dev.process_queue(0, std::slice::from_mut(&mut q)).unwrap();
     assert_eq!(h.used_idx(), 0);
     assert_eq!(h.irq.0.load(Ordering::SeqCst), 0);
 }
@@ -378,14 +389,7 @@ fn cache_none_requests_work() {
             return;
         }
     };
-    let irq = Arc::new(CountingInterrupt::default());
-    let mut h = Harness {
-        mem: mem.clone(),
-        image,
-        dev,
-        irq: irq.clone(),
-    };
-    h.dev.activate(h.dev.device_features(), mem, irq).unwrap();
+    let mut h = Harness::activated(dev, image, mem, u64::MAX);
     h.fill_guest(DATA, &[9; 1024]);
     h.header(OUT, 3);
     assert_eq!(h.submit(&[r(HDR, 16), r(DATA, 1024), w(STATUS, 1)]), 1);
