@@ -54,6 +54,8 @@ pub enum BuildError {
     MemoryOverHost { asked: u64, host: u64 },
     #[error("{0}")]
     PvmHost(&'static str),
+    #[error("{0} is not available in this kiln build yet; remove it from the configuration")]
+    NotAvailable(&'static str),
     #[error("KVM refused to {what}: {source}")]
     KvmOp {
         what: &'static str,
@@ -83,6 +85,7 @@ impl BuildError {
             BuildError::Config(_)
                 | BuildError::TooManyCpus { .. }
                 | BuildError::MemoryOverHost { .. }
+                | BuildError::NotAvailable(_)
                 | BuildError::Virtio(VirtioError::TooManyDevices { .. })
         )
     }
@@ -171,6 +174,14 @@ fn build_cmdline(config: &VmConfig, limit: usize, slots: &[MmioSlot]) -> Result<
 /// Every virtio device, each in the next MMIO slot: one line per kind. The
 /// caller put the root disk first, so it is /dev/vda.
 fn attach_virtio_devices(config: &VmConfig, devices: &mut MmioDevices) -> Result<(), BuildError> {
+    // The configs parse and validate already; their devices come next. A
+    // caller must not get a VM without the card it asked for.
+    if !config.nets.is_empty() {
+        return Err(BuildError::NotAvailable("virtio-net"));
+    }
+    if config.vsock.is_some() {
+        return Err(BuildError::NotAvailable("virtio-vsock"));
+    }
     for disk in &config.disks {
         devices.attach(BlockDevice::new(disk.block.clone())?)?;
     }
