@@ -504,6 +504,25 @@ fn elf_note_flood() -> Vec<u8> {
     image
 }
 
+/// The same shape defeats linux-loader's own note walk, which reads every
+/// 12-byte note header of every PT_NOTE segment with a read and a seek
+/// until it finds the PVH note: 600 headers naming one segment of 87,400
+/// empty notes (just over the 1 MiB that kiln's walk skips) take about
+/// 30 s, far past the 10 s the smoke run allows one input; 65,535 headers
+/// over a 1 MiB segment (a 5 MB file) would take about an hour. kiln has
+/// to bound the program headers before it hands the file to linux-loader.
+fn elf_note_crawl() -> Vec<u8> {
+    const HEADERS: u16 = 600;
+    const SEGMENT: usize = 12 * 87_400;
+    let notes_at = 64 + 56 * usize::from(HEADERS);
+    let mut image = elf_header(0x10_0000, HEADERS);
+    for i in 0..usize::from(HEADERS) {
+        put(&mut image, 64 + 56 * i, &phdr(PT_NOTE, notes_at, 0, SEGMENT, SEGMENT));
+    }
+    put(&mut image, notes_at + SEGMENT - 1, &[0]);
+    image
+}
+
 fn loader_seeds() {
     let linux = note(b"Linux\0", 1, &[0; 4]);
     let mut pvh = linux.clone();
@@ -514,6 +533,7 @@ fn loader_seeds() {
     write("kernel_loader", "bzimage", &bzimage(0x020f, 1, 0x10_0000));
     write("kernel_loader", "bzimage-old-protocol", &bzimage(0x0202, 0, 0));
     write_file("kernel_loader", "crash-elf-note-flood", &elf_note_flood());
+    write_file("kernel_loader", "timeout-elf-note-crawl", &elf_note_crawl());
 }
 
 fn disk_spec_seeds() {
