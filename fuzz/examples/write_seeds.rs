@@ -480,28 +480,28 @@ fn bzimage(version: u16, setup_sects: u8, init_size: u32) -> Vec<u8> {
     image
 }
 
+/// An ELF whose `headers` program headers all name one PT_NOTE `segment`.
+fn elf_with_note_headers(headers: u16, segment: &[u8]) -> Vec<u8> {
+    let notes_at = 64 + 56 * usize::from(headers);
+    let mut image = elf_header(0x10_0000, headers);
+    let note_phdr = phdr(PT_NOTE, notes_at, 0, segment.len(), segment.len());
+    for i in 0..usize::from(headers) {
+        put(&mut image, 64 + 56 * i, &note_phdr);
+    }
+    put(&mut image, notes_at, segment);
+    image
+}
+
 /// Issue 7: thousands of PT_NOTE headers, all naming the same segment of
 /// empty notes, exhaust memory in the note walk. The PVH note comes first
 /// so that linux-loader's own walk stops at once and the file stays under
 /// 0.5 MB (1 KB compressed); the owners collected pass 2 GB, libFuzzer's
 /// default -rss_limit_mb.
 fn elf_note_flood() -> Vec<u8> {
-    const HEADERS: u16 = 4400;
-    const SEGMENT: usize = 240 << 10;
-    let notes_at = 64 + 56 * usize::from(HEADERS);
-    let mut image = elf_header(0x10_0000, HEADERS);
-    for i in 0..usize::from(HEADERS) {
-        put(
-            &mut image,
-            64 + 56 * i,
-            &phdr(PT_NOTE, notes_at, 0, SEGMENT, SEGMENT),
-        );
-    }
     let mut notes = note(b"Xen\0", 18, &0x10_0000u32.to_le_bytes());
     // Each empty note is a 12-byte header of zeroes.
-    notes.resize(SEGMENT, 0);
-    put(&mut image, notes_at, &notes);
-    image
+    notes.resize(240 << 10, 0);
+    elf_with_note_headers(4400, &notes)
 }
 
 /// The same shape defeats linux-loader's own note walk, which reads every
@@ -512,15 +512,7 @@ fn elf_note_flood() -> Vec<u8> {
 /// over a 1 MiB segment (a 5 MB file) would take about an hour. kiln has
 /// to bound the program headers before it hands the file to linux-loader.
 fn elf_note_crawl() -> Vec<u8> {
-    const HEADERS: u16 = 600;
-    const SEGMENT: usize = 12 * 87_400;
-    let notes_at = 64 + 56 * usize::from(HEADERS);
-    let mut image = elf_header(0x10_0000, HEADERS);
-    for i in 0..usize::from(HEADERS) {
-        put(&mut image, 64 + 56 * i, &phdr(PT_NOTE, notes_at, 0, SEGMENT, SEGMENT));
-    }
-    put(&mut image, notes_at + SEGMENT - 1, &[0]);
-    image
+    elf_with_note_headers(600, &vec![0; 12 * 87_400])
 }
 
 fn loader_seeds() {
