@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 use common::{assemble, boot, run_kiln, scratch, PUTS, RESET};
@@ -531,7 +530,9 @@ fn sigterm_stops_a_guest_printing_to_an_unread_pipe() {
     );
     // Held open, never read.
     let unread = child.0.stdout.take().unwrap();
-    common::wait_until_pipe_full(&unread, 64, Duration::from_secs(10));
+    // Full to within a line (a pipe takes a short write whole or not at all).
+    let capacity = common::shrink_pipe(&unread);
+    common::wait_for_queued(&unread, capacity - 64, Duration::from_secs(10));
     // The guest goes on printing into the full pipe for a while.
     std::thread::sleep(Duration::from_millis(200));
     // SAFETY: plain kill(2) on our own child.
@@ -631,11 +632,14 @@ fn output_faster_than_the_reader_holds_the_guest_back_and_arrives_intact() {
             .unwrap(),
     );
     let mut stdout = child.0.stdout.take().unwrap();
-    // SAFETY: fcntl on our end of the pipe: a small pipe makes kiln's
-    // own buffer, not the kernel's, take the backlog.
-    unsafe { libc::fcntl(stdout.as_raw_fd(), libc::F_SETPIPE_SZ, 4096) };
-    // Long enough for the guest to fill kiln's buffer, even on a slow host.
-    std::thread::sleep(Duration::from_secs(2));
+    // A small pipe: kiln's own buffer, not the kernel's, takes the backlog.
+    common::shrink_pipe(&stdout);
+    // Not reading until kiln holds 64 KiB, 16 lines: the first line's time
+    // tells how fast this host runs the guest. Reading late is safe: past
+    // a second the stalled reader frees the guest, which then waits for
+    // input, its 128 KiB all buffered.
+    let first_line = common::wait_for_queued(&stdout, 4096, Duration::from_secs(20));
+    std::thread::sleep((first_line * 30).clamp(Duration::from_millis(500), Duration::from_secs(10)));
     let tail: Vec<u8> = (8..4095).map(|i| b'a' + (i % 26) as u8).collect();
     let mut want = Vec::new();
     for n in 0..32u32 {

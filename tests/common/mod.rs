@@ -280,29 +280,36 @@ pub fn wait_or_kill(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
     }
 }
 
-/// Shrinks the pipe `read_end` belongs to (so a slow guest fills it fast)
-/// and waits until it is within `slack` bytes of full (a pipe takes a
-/// write of up to a page whole or not at all), or panics after `limit`.
-pub fn wait_until_pipe_full(read_end: &impl std::os::fd::AsRawFd, slack: usize, limit: Duration) {
+/// Shrinks the pipe `read_end` belongs to, so that a slow guest fills it
+/// fast; returns its capacity.
+pub fn shrink_pipe(read_end: &impl std::os::fd::AsRawFd) -> usize {
     let fd = read_end.as_raw_fd();
     // SAFETY: fcntl on a pipe descriptor we own; failure (data already
     // beyond the new size) leaves the pipe as it was, which is fine.
     unsafe { libc::fcntl(fd, libc::F_SETPIPE_SZ, 4096) };
     // SAFETY: as above; F_GETPIPE_SZ only reads.
     let capacity = unsafe { libc::fcntl(fd, libc::F_GETPIPE_SZ) };
-    assert!(capacity > 0, "not a pipe");
+    usize::try_from(capacity).expect("not a pipe")
+}
+
+/// Waits until the pipe `read_end` belongs to holds at least `bytes`;
+/// returns how long that took, or panics after `limit`.
+pub fn wait_for_queued(read_end: &impl std::os::fd::AsRawFd, bytes: usize, limit: Duration) -> Duration {
     let start = Instant::now();
     loop {
         let mut queued: libc::c_int = 0;
         // SAFETY: FIONREAD writes one int to the pointer we pass.
-        assert_eq!(unsafe { libc::ioctl(fd, libc::FIONREAD, &mut queued) }, 0);
-        if queued as usize + slack >= capacity as usize {
-            return;
+        assert_eq!(
+            unsafe { libc::ioctl(read_end.as_raw_fd(), libc::FIONREAD, &mut queued) },
+            0
+        );
+        if queued as usize >= bytes {
+            return start.elapsed();
         }
         assert!(
             start.elapsed() < limit,
-            "the pipe never filled: {queued} of {capacity} bytes"
+            "the pipe holds {queued} bytes, not {bytes}"
         );
-        std::thread::sleep(Duration::from_millis(5));
+        std::thread::sleep(Duration::from_millis(1));
     }
 }

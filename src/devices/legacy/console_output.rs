@@ -22,7 +22,9 @@
 //! nothing is lost. The back-pressure is bounded: a peer that takes nothing
 //! for [`STALL_TIMEOUT`] is declared stalled and the guest may write on.
 //! What arrives past [`CAPACITY`] (a stalled peer, or a guest ignoring the
-//! busy bit) is dropped and counted: host memory stays bounded.
+//! busy bit) is dropped and counted: host memory stays bounded. The event
+//! loop reports the count at most once a [`DROP_REPORT_INTERVAL`], woken
+//! by the same event that tells it about room for the guest.
 
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, RawFd};
@@ -44,6 +46,8 @@ pub const HIGH_WATER: usize = 64 << 10;
 /// A peer that takes nothing for this long (strictly: does not complete
 /// one write of up to a page) no longer holds the guest back.
 pub const STALL_TIMEOUT: Duration = Duration::from_secs(1);
+/// How often, at most, the event loop looks at (and reports) drops.
+pub const DROP_REPORT_INTERVAL: Duration = crate::guest_log::INTERVAL;
 /// At exit, how long to wait for a peer that takes nothing at all ...
 const EXIT_IDLE_LIMIT: Duration = Duration::from_millis(500);
 /// ... and for one that keeps taking output, in all.
@@ -72,8 +76,11 @@ struct State {
     /// The UART reported its transmitter busy; the guest is owed a
     /// transmitter-empty interrupt once there is room again.
     guest_told_busy: bool,
-    /// The console thread signalled `room` since the event loop looked.
+    /// `event` was signalled for room since the event loop looked.
     room_signalled: bool,
+    /// Drops are being reported: the event loop looks again every
+    /// DROP_REPORT_INTERVAL until a look finds no new ones.
+    drop_report_armed: bool,
     dropped_reported: u64,
 }
 
@@ -83,8 +90,9 @@ struct Shared {
     work: Condvar,
     /// The console thread wrote something, or finished.
     progress: Condvar,
-    /// Tells the event loop there is room again for a guest told busy.
-    room: EventFd,
+    /// Tells the event loop there is room again for a guest told busy, or
+    /// that output began to be dropped.
+    event: EventFd,
 }
 
 impl Shared {
@@ -142,11 +150,12 @@ pub fn console_output(out: Box<dyn Write + Send>) -> io::Result<(ConsoleOutput, 
             stalled: false,
             guest_told_busy: false,
             room_signalled: false,
+            drop_report_armed: false,
             dropped_reported: 0,
         }),
         work: Condvar::new(),
         progress: Condvar::new(),
-        room: EventFd::new(EFD_NONBLOCK)?,
+        event: EventFd::new(EFD_NONBLOCK)?,
     });
     let for_thread = shared.clone();
     // The thread inherits the caller's signal mask: the stop signals stay
@@ -167,15 +176,34 @@ pub fn console_output(out: Box<dyn Write + Send>) -> io::Result<(ConsoleOutput, 
 }
 
 impl ConsoleOutput {
-    /// Fires when a guest told busy may have room again.
-    pub fn room_fd(&self) -> RawFd {
-        self.shared.room.as_raw_fd()
+    /// Fires when a guest told busy may have room again, or when output
+    /// began to be dropped.
+    pub fn event_fd(&self) -> RawFd {
+        self.shared.event.as_raw_fd()
     }
 
-    /// Empties the room event (after it fired).
-    pub fn clear_room_event(&self) {
+    /// Empties the event (after it fired).
+    pub fn clear_event(&self) {
         // Already zero is fine: EAGAIN on a non-blocking eventfd.
-        let _ = self.shared.room.read();
+        let _ = self.shared.event.read();
+    }
+
+    /// For the event loop: the total dropped so far if it grew since the
+    /// last call, and whether to call again after DROP_REPORT_INTERVAL
+    /// (until a call finds nothing new, after which the next drop fires
+    /// the event again).
+    pub fn take_drop_report(&self) -> (Option<u64>, bool) {
+        let mut st = self.shared.state();
+        if !st.drop_report_armed {
+            return (None, false);
+        }
+        let dropped = st.buffer.dropped();
+        if dropped == st.dropped_reported {
+            st.drop_report_armed = false;
+            return (None, false);
+        }
+        st.dropped_reported = dropped;
+        (Some(dropped), true)
     }
 
     /// Bytes dropped for lack of room so far.
@@ -232,16 +260,28 @@ impl Write for ConsoleOutput {
             // Reported once by the console thread when the peer went away.
             return Ok(data.len());
         }
-        let (ready, len) = (st.buffer.ready(), st.buffer.len());
+        let (ready, len, dropped) = (st.buffer.ready(), st.buffer.len(), st.buffer.dropped());
         let had_partial = len > ready;
         st.buffer.push(data);
         // Wake the thread for new whole lines, or to start the clock of a
         // new partial line; not for every byte.
         let news = st.buffer.ready() > ready || (!had_partial && st.buffer.len() > st.buffer.ready());
-        if news && st.writer_waiting {
+        let wake = news && st.writer_waiting;
+        if wake {
             st.writer_waiting = false;
-            drop(st);
+        }
+        // The first drop wakes the event loop; later ones wait its look.
+        let report = st.buffer.dropped() > dropped && !st.drop_report_armed;
+        if report {
+            st.drop_report_armed = true;
+        }
+        drop(st);
+        if wake {
             self.shared.work.notify_one();
+        }
+        if report {
+            // Only fails if the counter would overflow: it is non-zero then.
+            let _ = self.shared.event.write(1);
         }
         Ok(data.len())
     }
@@ -416,22 +456,14 @@ fn record_write(shared: &Shared, result: io::Result<usize>) -> bool {
     if room {
         st.room_signalled = true;
     }
-    let dropped = st.buffer.dropped();
-    let newly_dropped = dropped - st.dropped_reported;
-    st.dropped_reported = dropped;
     let closing = st.closing;
     drop(st);
     if room {
         // Only fails if the counter would overflow: it is non-zero then.
-        let _ = shared.room.write(1);
+        let _ = shared.event.write(1);
     }
     if closing {
         shared.progress.notify_all();
-    }
-    if newly_dropped > 0 {
-        warn_guest!(
-            "guest console: {dropped} bytes of output dropped so far: kiln's output is not read fast enough"
-        );
     }
     if let Err(e) = result {
         log::warn!("guest console output stopped ({e}); later output is discarded");

@@ -277,15 +277,47 @@ fn wait_until(mut done: impl FnMut() -> bool) {
 }
 
 #[test]
+fn drops_fire_the_event_once_and_are_reported_until_they_stop() {
+    let peer = GatedPeer::closed();
+    let (mut out, writer) = output(peer.clone());
+    out.write_all(&numbered_lines(CAPACITY / 64, 64)).unwrap();
+    assert_eq!(out.take_drop_report(), (None, false));
+    assert!(out.shared.event.read().is_err(), "nothing dropped yet");
+    out.write_all(b"dropped\n").unwrap();
+    out.write_all(b"dropped too\n").unwrap();
+    assert_eq!(
+        out.shared.event.read().unwrap(),
+        1,
+        "one event for a run of drops"
+    );
+    assert_eq!(out.take_drop_report(), (Some(20), true));
+    out.write_all(b"more\n").unwrap();
+    assert!(
+        out.shared.event.read().is_err(),
+        "the event loop looks again anyway"
+    );
+    assert_eq!(out.take_drop_report(), (Some(25), true));
+    assert_eq!(
+        out.take_drop_report(),
+        (None, false),
+        "no new drops: stop looking"
+    );
+    out.write_all(b"x").unwrap();
+    assert!(out.shared.event.read().is_ok(), "the next drop fires again");
+    peer.set_closed(false);
+    writer.finish();
+}
+
+#[test]
 fn the_room_event_fires_when_a_guest_told_busy_has_room() {
     let peer = GatedPeer::closed();
     let (mut out, writer) = output(peer.clone());
     out.write_all(&numbered_lines(HIGH_WATER / 64, 64)).unwrap();
     assert_eq!(out.transmitter(), Transmitter::Busy { first: true });
-    assert!(out.shared.room.read().is_err(), "no room yet");
+    assert!(out.shared.event.read().is_err(), "no room yet");
     peer.set_closed(false);
     peer.wait_for(HIGH_WATER);
-    wait_until(|| out.shared.room.read().is_ok());
+    wait_until(|| out.shared.event.read().is_ok());
     assert_eq!(out.check_transmitter(Instant::now()), TransmitCheck::Resume);
     assert_eq!(out.check_transmitter(Instant::now()), TransmitCheck::Idle);
     writer.finish();

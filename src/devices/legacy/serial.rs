@@ -17,7 +17,9 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm_sys_util::timerfd::TimerFd;
 
-use super::console_output::{ConsoleOutput, TransmitCheck, Transmitter};
+use super::console_output::{
+    ConsoleOutput, TransmitCheck, Transmitter, CAPACITY, DROP_REPORT_INTERVAL, STALL_TIMEOUT,
+};
 use crate::devices::bus::BusDevice;
 use crate::sync::lock;
 
@@ -57,10 +59,20 @@ const LSR_THRE_TEMT: u8 = 0x60;
 /// latch open (which hides IER).
 const DLAB_RETRY: Duration = Duration::from_millis(1);
 
+/// What a look at the transmitter found, for the event loop to log.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct TransmitReport {
+    /// The peer was just found stalled with this many bytes unread.
+    pub stalled_with: Option<usize>,
+    /// Output dropped so far, when it grew since the last report.
+    pub dropped: Option<u64>,
+}
+
 /// The UART as seen from the port bus.
 pub struct SerialDevice {
     uart: Uart,
-    /// Fires when a guest told busy should be looked at again.
+    /// Fires when the transmitter needs another look: a peer that may
+    /// have stalled, an interrupt still owed, the next drop report.
     transmit_timer: TimerFd,
     /// A transmitter-empty interrupt is owed but could not be raised yet.
     thre_owed: bool,
@@ -80,41 +92,54 @@ impl SerialDevice {
         Ok((dev, drained))
     }
 
-    /// The descriptors that fire when a guest told busy may send again:
-    /// the console output's room event and the stall timer.
+    /// The descriptors that fire when the transmitter needs a look: the
+    /// console output's event (room for a guest told busy, output being
+    /// dropped) and the timer (a stall, the next drop report).
     pub fn transmit_fds(&self) -> [RawFd; 2] {
-        [self.uart.writer().room_fd(), self.transmit_timer.as_raw_fd()]
+        [self.uart.writer().event_fd(), self.transmit_timer.as_raw_fd()]
     }
 
     /// Answers a transmit event: raises the transmitter-empty interrupt a
     /// guest told busy is owed once there is room, or the peer stalled.
-    /// Returns the unread byte count when the peer was just found stalled.
-    pub fn poll_transmitter(&mut self) -> Option<usize> {
+    /// Returns what the event loop should report.
+    pub fn poll_transmitter(&mut self) -> TransmitReport {
         self.poll_transmitter_at(Instant::now())
     }
 
-    fn poll_transmitter_at(&mut self, now: Instant) -> Option<usize> {
-        self.uart.writer().clear_room_event();
-        // Disarming also clears the expiry count epoll reports.
-        let _ = self.transmit_timer.clear();
-        let mut stalled = None;
-        match self.uart.writer().check_transmitter(now) {
+    fn poll_transmitter_at(&mut self, now: Instant) -> TransmitReport {
+        let out = self.uart.writer();
+        out.clear_event();
+        let mut report = TransmitReport::default();
+        let mut look_again = None;
+        match out.check_transmitter(now) {
             TransmitCheck::Idle => {}
-            TransmitCheck::Wait(after) => self.arm_transmit_timer(after),
+            TransmitCheck::Wait(after) => look_again = Some(after),
             TransmitCheck::Resume => self.thre_owed = true,
             TransmitCheck::ResumeStalled { unread } => {
                 self.thre_owed = true;
-                stalled = Some(unread);
+                report.stalled_with = Some(unread);
             }
+        }
+        let (dropped, again) = out.take_drop_report();
+        report.dropped = dropped;
+        if again {
+            look_again = Some(look_again.map_or(DROP_REPORT_INTERVAL, |t| t.min(DROP_REPORT_INTERVAL)));
         }
         if self.thre_owed {
             if self.raise_thr_empty() {
                 self.thre_owed = false;
             } else {
-                self.arm_transmit_timer(DLAB_RETRY);
+                look_again = Some(DLAB_RETRY);
             }
         }
-        stalled
+        // Disarming also clears the expiry count epoll reports.
+        match look_again {
+            Some(after) => self.arm_transmit_timer(after),
+            None => {
+                let _ = self.transmit_timer.clear();
+            }
+        }
+        report
     }
 
     fn arm_transmit_timer(&mut self, after: Duration) {
@@ -145,10 +170,11 @@ impl SerialDevice {
         match self.uart.writer().transmitter() {
             Transmitter::Ready => lsr,
             Transmitter::Busy { first } => {
-                if first {
-                    // Owed an interrupt from now on; the room event or
-                    // this timer (for a peer that stalls) pays it.
-                    self.arm_transmit_timer(super::console_output::STALL_TIMEOUT);
+                // Owed an interrupt from now on; the console output's event
+                // or this timer (for a peer that stalls) pays it. A retry
+                // already due sooner looks at the stall too.
+                if first && !self.thre_owed {
+                    self.arm_transmit_timer(STALL_TIMEOUT);
                 }
                 lsr & !LSR_THRE_TEMT
             }
@@ -282,13 +308,18 @@ impl SerialHandler {
 impl MutEventSubscriber for SerialHandler {
     fn process(&mut self, events: Events, ops: &mut EventOps) {
         if self.transmit_fds.contains(&events.fd()) {
-            let stalled = lock(&self.serial).poll_transmitter();
-            if let Some(unread) = stalled {
+            // Logged outside the lock: stderr may be slow too.
+            let report = lock(&self.serial).poll_transmitter();
+            if let Some(unread) = report.stalled_with {
                 warn_guest!(
-                    "guest console: kiln's output has not been read for {:?} ({unread} bytes waiting); \
-                     the guest writes on, and output past {} KiB is dropped until it is read",
-                    super::console_output::STALL_TIMEOUT,
-                    super::console_output::CAPACITY >> 10
+                    "guest console: kiln's output has not been read for {STALL_TIMEOUT:?} ({unread} bytes \
+                     waiting); the guest writes on, and output past {} KiB is dropped until it is read",
+                    CAPACITY >> 10
+                );
+            }
+            if let Some(dropped) = report.dropped {
+                warn_guest!(
+                    "guest console: {dropped} bytes of output dropped so far: kiln's output is not read fast enough"
                 );
             }
             return;
@@ -436,20 +467,20 @@ mod tests {
         assert!(!thr_empty(&mut dev));
         assert!(dev.transmit_timer.is_armed().unwrap(), "stall timer armed");
         // Nothing to pay yet.
-        assert_eq!(dev.poll_transmitter(), None);
+        assert_eq!(dev.poll_transmitter(), TransmitReport::default());
         assert_eq!(interrupts(&irq), 0);
         peer.set_closed(false);
         peer.wait_for(HIGH_WATER);
         // The room event tells the event loop, which raises THRE.
-        let [room, _timer] = dev.transmit_fds();
+        let [event, _timer] = dev.transmit_fds();
         let mut pfd = libc::pollfd {
-            fd: room,
+            fd: event,
             events: libc::POLLIN,
             revents: 0,
         };
         // SAFETY: poll on one valid pollfd.
         assert_eq!(unsafe { libc::poll(&mut pfd, 1, 10_000) }, 1, "no room event");
-        assert_eq!(dev.poll_transmitter(), None);
+        assert_eq!(dev.poll_transmitter(), TransmitReport::default());
         assert_eq!(interrupts(&irq), 1);
         assert_ne!(reg(&mut dev, IIR_OFFSET) & IIR_THRE, 0);
         assert!(thr_empty(&mut dev));
@@ -468,10 +499,8 @@ mod tests {
         assert!(!thr_empty(&mut dev));
         let _ = reg(&mut dev, IIR_OFFSET);
         interrupts(&irq);
-        assert_eq!(
-            dev.poll_transmitter_at(Instant::now() + STALL_TIMEOUT),
-            Some(HIGH_WATER)
-        );
+        let report = dev.poll_transmitter_at(Instant::now() + STALL_TIMEOUT);
+        assert_eq!(report.stalled_with, Some(HIGH_WATER));
         assert_eq!(interrupts(&irq), 1, "THRE raised for the guest to go on");
         assert!(thr_empty(&mut dev));
         // The guest writes on: the rest of the buffer fills, then drops.
@@ -479,6 +508,11 @@ mod tests {
         rest.extend_from_slice(b"dropped\n");
         let mut dev = send(dev, rest);
         assert!(thr_empty(&mut dev));
+        // The drops are reported, and looked at again a second later.
+        assert_eq!(dev.poll_transmitter().dropped, Some(8));
+        assert!(dev.transmit_timer.is_armed().unwrap());
+        assert_eq!(dev.poll_transmitter(), TransmitReport::default());
+        assert!(!dev.transmit_timer.is_armed().unwrap(), "nothing left to look at");
         peer.set_closed(false);
         drop(dev);
         writer.finish();
@@ -496,11 +530,11 @@ mod tests {
         interrupts(&irq);
         dev.write(u64::from(LCR_OFFSET), &[LCR_DLAB | 0x03]);
         let later = Instant::now() + STALL_TIMEOUT;
-        assert!(dev.poll_transmitter_at(later).is_some());
+        assert!(dev.poll_transmitter_at(later).stalled_with.is_some());
         assert_eq!(interrupts(&irq), 0, "IER is hidden behind the latch");
         assert!(dev.thre_owed && dev.transmit_timer.is_armed().unwrap());
         dev.write(u64::from(LCR_OFFSET), &[0x03]);
-        assert_eq!(dev.poll_transmitter_at(later), None);
+        assert_eq!(dev.poll_transmitter_at(later), TransmitReport::default());
         assert_eq!(interrupts(&irq), 1);
         assert_eq!(reg(&mut dev, u64::from(IER_OFFSET)), IER_THRE, "IER unchanged");
         peer.set_closed(false);
