@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use kiln::devices::bus::BusDevice;
 use kiln::devices::virtio::block::{BlockConfig, BlockDevice, BLOCK_DEVICE_ID};
 use kiln::devices::virtio::features::VIRTIO_F_VERSION_1;
-use kiln::devices::virtio::mmio::{MMIO_MAGIC_VALUE, MMIO_VERSION, VENDOR_ID};
+use kiln::devices::virtio::mmio::{CONFIG_SPACE_OFFSET, MMIO_MAGIC_VALUE, MMIO_VERSION, VENDOR_ID};
 use kiln::devices::virtio::status::{ACKNOWLEDGE, DEVICE_NEEDS_RESET, DRIVER, DRIVER_OK, FEATURES_OK};
 use kiln::devices::virtio::{
     Activation, IrqfdInterrupt, MmioTransport, PassEnd, QueueError, VirtioDevice, VirtioError,
@@ -191,7 +191,7 @@ impl Harness {
     /// A guest write, with the driver model updated first from the state
     /// the device had before it.
     fn write(&mut self, offset: u64, data: &[u8]) {
-        if data.len() == 4 && offset.is_multiple_of(4) && offset < reg::CONFIG {
+        if data.len() == 4 && offset.is_multiple_of(4) && offset < CONFIG_SPACE_OFFSET {
             let value = u32::from_le_bytes([data[0], data[1], data[2], data[3]]);
             self.model_write(offset, value);
         }
@@ -322,11 +322,11 @@ impl Harness {
 
     /// What a register read must return, where that is fixed.
     fn expected_read(&mut self, offset: u64, len: usize) -> Option<Vec<u8>> {
-        if offset >= reg::CONFIG {
+        if offset >= CONFIG_SPACE_OFFSET {
             // Capacity in sectors; the rest of the config space is the
             // device's business.
             let capacity = self.capacity.to_le_bytes();
-            let start = usize::try_from(offset - reg::CONFIG).ok()?;
+            let start = usize::try_from(offset - CONFIG_SPACE_OFFSET).ok()?;
             return (start + len <= capacity.len()).then(|| capacity[start..start + len].to_vec());
         }
         if len != 4 || !offset.is_multiple_of(4) {
