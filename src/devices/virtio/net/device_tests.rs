@@ -18,7 +18,8 @@ use crate::devices::virtio::net::header::{flags, gso, VirtioNetHdr, NUM_BUFFERS_
 use crate::devices::virtio::net::DropReason;
 use crate::devices::virtio::queue::PassBudget;
 use crate::devices::virtio::test_utils::{
-    activation, guest_bytes, link, memory, r, raw, w, wire, CountingInterrupt, DriverRing, Wired, D, NEXT, WRITE,
+    activation, guest_bytes, link, memory, r, raw, w, wire, CountingInterrupt, DriverRing, Wired, D, NEXT,
+    WRITE,
 };
 
 /// Guest memory ends a region here, so buffers can straddle it.
@@ -38,12 +39,21 @@ fn bits(list: &[u32]) -> u64 {
 
 /// What a plain driver acks: no offloads, no mergeable buffers.
 fn plain() -> u64 {
-    bits(&[VIRTIO_F_VERSION_1, VIRTIO_NET_F_MAC, VIRTIO_NET_F_STATUS, VIRTIO_NET_F_MTU])
+    bits(&[
+        VIRTIO_F_VERSION_1,
+        VIRTIO_NET_F_MAC,
+        VIRTIO_NET_F_STATUS,
+        VIRTIO_NET_F_MTU,
+    ])
 }
 
 /// Receive offloads with segmentation: frames up to 64 KiB.
 fn guest_tso() -> u64 {
-    bits(&[VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6])
+    bits(&[
+        VIRTIO_NET_F_GUEST_CSUM,
+        VIRTIO_NET_F_GUEST_TSO4,
+        VIRTIO_NET_F_GUEST_TSO6,
+    ])
 }
 
 fn mrg() -> u64 {
@@ -207,7 +217,11 @@ impl Nic {
 
     fn ack_interrupt(&self) {
         let status = self.interrupt_status();
-        self.wired.transport.lock().unwrap().write(0x064, &status.to_le_bytes());
+        self.wired
+            .transport
+            .lock()
+            .unwrap()
+            .write(0x064, &status.to_le_bytes());
     }
 
     /// Writes a transmit packet (header, then frame) at `addr`.
@@ -267,7 +281,11 @@ fn features_and_config_space_describe_the_card() {
     // A backend without offloads: none offered to the guest.
     let (bare, _peer) = device(Offloads::NONE);
     let offered = bare.device_features();
-    for bit in [VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_UFO] {
+    for bit in [
+        VIRTIO_NET_F_GUEST_CSUM,
+        VIRTIO_NET_F_GUEST_TSO4,
+        VIRTIO_NET_F_GUEST_UFO,
+    ] {
         assert!(!has(offered, bit), "feature {bit} offered");
     }
     assert!(has(offered, VIRTIO_NET_F_HOST_TSO4));
@@ -470,7 +488,11 @@ fn unusable_receive_chains_come_back_empty_and_are_counted() {
     assert_eq!(used.iter().map(|u| u.1).collect::<Vec<_>>(), [0, 0, 0, 0, 512]);
     assert_eq!(guest_bytes(&nic.mem, RX_BUFS + 0x4000 + 12, 500), f);
     let counters = nic.counters();
-    assert_eq!(counters.drops(DropReason::RxBadChain), 2, "the loop and outside memory");
+    assert_eq!(
+        counters.drops(DropReason::RxBadChain),
+        2,
+        "the loop and outside memory"
+    );
     assert_eq!(counters.drops(DropReason::RxChainNotWritable), 1);
     assert_eq!(counters.drops(DropReason::RxChainTooSmall), 1);
     assert_eq!(counters.rx_packets, 1);
@@ -606,8 +628,7 @@ fn hostile_transmit_chains_are_dropped_and_counted() {
         assert_eq!(used[0].1, 0);
     }
     // A chain looping on itself, written by hand at descriptor 15.
-    nic.tx
-        .set_desc_table(&mem, 15, &[raw(at(6), 112, NEXT, 15)]);
+    nic.tx.set_desc_table(&mem, 15, &[raw(at(6), 112, NEXT, 15)]);
     nic.tx.publish(&mem, &[15]);
     nic.kick(TX_QUEUE);
     nic.settle();
@@ -794,7 +815,11 @@ fn passes_are_bounded_and_yield() {
     }
     assert_eq!(
         rounds,
-        [(4, PassEnd::Yielded), (4, PassEnd::Yielded), (2, PassEnd::Drained)]
+        [
+            (4, PassEnd::Yielded),
+            (4, PassEnd::Yielded),
+            (2, PassEnd::Drained)
+        ]
     );
 
     let chains: Vec<Vec<D>> = (0..10u64)
