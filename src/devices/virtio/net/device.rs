@@ -477,3 +477,7 @@ impl<B: NetBackend> VirtioDevice for NetDevice<B> {
 #[cfg(test)]
 #[path = "device_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "device_hostile_tests.rs"]
+mod hostile_tests;
