@@ -27,6 +27,7 @@ use crate::devices::legacy::pvpanic::PvPanicDevice;
 use crate::devices::legacy::serial::{SerialDevice, SerialHandler};
 use crate::devices::virtio::block::BlockDevice;
 use crate::devices::virtio::block::BlockError;
+use crate::devices::virtio::net::{NetCounters, NetDevice, NetDeviceError};
 use crate::devices::virtio::{MmioDevices, MmioSlot, VirtioError};
 use crate::devices::EventLoop;
 use crate::exit::ExitNotifier;
@@ -75,6 +76,8 @@ pub enum BuildError {
     #[error(transparent)]
     Block(#[from] BlockError),
     #[error(transparent)]
+    Net(#[from] NetDeviceError),
+    #[error(transparent)]
     Virtio(#[from] VirtioError),
 }
 
@@ -107,6 +110,14 @@ pub struct BuiltVm {
     pub memory: GuestMemoryMmap,
     /// Writes the guest console out; finished when the VM stops.
     pub console: ConsoleWriter,
+    /// Each network card's live counters, in `--net` order.
+    pub nics: Vec<NicCounters>,
+}
+
+/// A network card's counters, readable while the VM runs.
+pub struct NicCounters {
+    pub tap: String,
+    pub counters: Arc<NetCounters>,
 }
 
 /// Host RAM in MiB, from /proc/meminfo; None if unreadable.
@@ -175,18 +186,28 @@ fn build_cmdline(config: &VmConfig, limit: usize, slots: &[MmioSlot]) -> Result<
 }
 
 /// Every virtio device, each in the next MMIO slot: one line per kind. The
-/// caller put the root disk first, so it is /dev/vda.
-fn attach_virtio_devices(config: &VmConfig, devices: &mut MmioDevices) -> Result<(), BuildError> {
-    // The configs parse and validate already; their devices come next. A
-    // caller must not get a VM without the card it asked for.
-    if !config.nets.is_empty() {
-        return Err(BuildError::NotAvailable("virtio-net"));
-    }
+/// caller put the root disk first, so it is /dev/vda; network cards follow
+/// in the order given, so the guest probes them as eth0, eth1, ...
+fn attach_virtio_devices(
+    config: &VmConfig,
+    devices: &mut MmioDevices,
+    nics: &mut Vec<NicCounters>,
+) -> Result<(), BuildError> {
+    // The config parses and validates already; its device comes next. A
+    // caller must not get a VM without the device it asked for.
     if config.vsock.is_some() {
         return Err(BuildError::NotAvailable("virtio-vsock"));
     }
     for disk in &config.disks {
         devices.attach(BlockDevice::new(disk.block.clone())?)?;
+    }
+    for net in &config.nets {
+        let card = NetDevice::open(net)?;
+        nics.push(NicCounters {
+            tap: net.tap.clone(),
+            counters: card.counters(),
+        });
+        devices.attach(card)?;
     }
     Ok(())
 }
@@ -315,7 +336,8 @@ pub fn build(
 
     let (pio_bus, console) = legacy_devices(&vm, output, input, exit, event_loop)?;
     let mut virtio = MmioDevices::new(&vm, &memory, event_loop);
-    attach_virtio_devices(config, &mut virtio)?;
+    let mut nics = Vec::new();
+    attach_virtio_devices(config, &mut virtio, &mut nics)?;
     let (mmio_bus, slots) = virtio.finish();
     let virtio_devices: Vec<acpi::MmioDeviceInfo> = slots.used().iter().map(MmioSlot::acpi_info).collect();
 
@@ -371,5 +393,6 @@ pub fn build(
         vm_fd: vm,
         memory,
         console,
+        nics,
     })
 }
