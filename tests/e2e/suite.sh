@@ -278,6 +278,7 @@ EOF
     boot_bg() {
       timeout -s KILL "$GUEST_TIMEOUT" "$KILN" boot "$@" </dev/null >"$OUT/$bg.log" 2>"$OUT/$bg.err" &
     }
+    start=$(now)
     bg=$n-a; boot_bg --kernel "$KERNEL" --disk "$ROOT" --net tap=ktap1 \
       --cmdline "$BASE kiln.run=net-peer $(ip_arg 3) kiln.peer=$NET.4"
     pid_a=$!
@@ -285,6 +286,7 @@ EOF
       --cmdline "$BASE kiln.run=net-peer $(ip_arg 4) kiln.peer=$NET.3 kiln.halt=reboot"
     pid_b=$!
     wait "$pid_a"; st_a=$?; wait "$pid_b"; st_b=$?
+    echo "E2E-TIME $n - $(elapsed "$start" "$(now)")"
     cp "$OUT/$n-a.log" "$OUT/$n.log"; cat "$OUT/$n-b.log" >>"$OUT/$n.log"
     cat "$OUT/$n-a.err" "$OUT/$n-b.err" >"$OUT/$n.err"
     pline() { sed -n "s/^$2 //p" "$OUT/$n-$1.log" | tr -d '\r' | head -n 1; }

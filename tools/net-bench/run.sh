@@ -17,6 +17,7 @@ ip link add kbr0 type bridge && ip addr add 10.0.78.1/24 dev kbr0 && ip link set
   tunctl -t kbtap0 >/dev/null && brctl addif kbr0 kbtap0 && ip link set kbtap0 up ||
   { echo "BENCH-NET bridge/tap setup failed"; exit 1; }
 tcpbench sink 5001 1 &
+l1_sink=$!
 "$KILN" boot --kernel "$KERNEL" --memory 256 --disk "path=$ROOTFS,root,readonly" --net tap=kbtap0 \
   --cmdline "$base kiln.run=bench ip=10.0.78.2::10.0.78.1:255.255.255.0::eth0:off kiln.mib=$mib" \
   </dev/null >"$OUT/bench-guest.log" 2>&1 &
@@ -49,7 +50,7 @@ in_b tcpbench sink 5001 1 &
 a2b=$(in_a tcpbench send 10.0.79.2 5001 "$mib" | rate)
 in_a tcpbench sink 5002 1 &
 b2a=$(in_b tcpbench send 10.0.79.1 5002 "$mib" | rate)
-kill "$ns_a" "$ns_b"
+kill "$ns_a" "$ns_b" "$l1_sink" 2>/dev/null
 
 ratio() { awk -v g="$1" -v h="$2" 'BEGIN { if (h > 0 && g > 0) printf "%.0f%%", 100 * g / h; else print "n/a" }'; }
 row() { printf 'BENCH-NET %-14s %12s %12s %8s\n' "$@"; }
