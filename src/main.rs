@@ -57,6 +57,13 @@ struct BootArgs {
     /// writable image is locked).
     #[arg(long = "disk", value_name = "SPEC")]
     disks: Vec<config::DiskConfig>,
+    /// A virtio-net card on a host tap (repeatable; eth0, eth1, ... in the
+    /// order given): tap=NAME[,mac=XX:XX:XX:XX:XX:XX][,id=ID]. The tap is
+    /// opened if it exists, created if kiln has CAP_NET_ADMIN; wire it into
+    /// a bridge or routing yourself. Without mac= the address is derived
+    /// from the tap name (02:..., the same every run).
+    #[arg(long = "net", value_name = "SPEC")]
+    nets: Vec<config::NetConfig>,
     /// Describe the machine with an MP table only, no ACPI tables.
     #[arg(long)]
     no_acpi: bool,
@@ -77,6 +84,7 @@ impl BootArgs {
         // The root disk goes first so the guest sees it as /dev/vda.
         c.disks = self.disks;
         c.disks.sort_by_key(|d| !d.root);
+        c.nets = self.nets;
         c.validate()?;
         Ok(c)
     }

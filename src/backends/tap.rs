@@ -19,7 +19,7 @@ use std::ffi::CString;
 use std::fmt::Debug;
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
@@ -343,6 +343,30 @@ impl TapBackend {
 
     pub fn vnet_hdr_len(&self) -> usize {
         self.vnet_hdr_len
+    }
+
+    /// The interface's MTU, as `ip link` shows it.
+    pub fn mtu(&self) -> io::Result<u16> {
+        // SIOCGIFMTU wants a socket, of any kind.
+        // SAFETY: plain socket(2); the result is checked and owned below.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a socket we just opened and nothing else owns.
+        let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: `ifreq` is plain C data; all zeroes is a valid value.
+        let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+        req.ifr_name = interface_name(&self.name).map_err(io::Error::other)?;
+        // SAFETY: SIOCGIFMTU reads the name from and writes the MTU into
+        // one `ifreq`, which `req` is.
+        let ret = unsafe { ioctl_with_mut_ref(&socket, libc::SIOCGIFMTU as c_ulong, &mut req) };
+        if ret < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: SIOCGIFMTU filled in the `ifru_mtu` member.
+        let mtu = unsafe { req.ifr_ifru.ifru_mtu };
+        u16::try_from(mtu).map_err(io::Error::other)
     }
 
     fn apply_offload_flags(&self, flags: c_uint) -> io::Result<()> {

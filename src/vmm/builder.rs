@@ -26,6 +26,7 @@ use crate::devices::legacy::pvpanic::PvPanicDevice;
 use crate::devices::legacy::serial::{SerialDevice, SerialHandler};
 use crate::devices::virtio::block::BlockDevice;
 use crate::devices::virtio::block::BlockError;
+use crate::devices::virtio::net::{NetDevice, NetDeviceError};
 use crate::devices::virtio::{MmioDevices, MmioSlot, VirtioError};
 use crate::devices::EventLoop;
 use crate::exit::ExitNotifier;
@@ -73,6 +74,8 @@ pub enum BuildError {
     Setup(std::io::Error),
     #[error(transparent)]
     Block(#[from] BlockError),
+    #[error(transparent)]
+    Net(#[from] NetDeviceError),
     #[error(transparent)]
     Virtio(#[from] VirtioError),
 }
@@ -172,18 +175,19 @@ fn build_cmdline(config: &VmConfig, limit: usize, slots: &[MmioSlot]) -> Result<
 }
 
 /// Every virtio device, each in the next MMIO slot: one line per kind. The
-/// caller put the root disk first, so it is /dev/vda.
+/// caller put the root disk first, so it is /dev/vda; network cards follow
+/// in the order given, so the guest probes them as eth0, eth1, ...
 fn attach_virtio_devices(config: &VmConfig, devices: &mut MmioDevices) -> Result<(), BuildError> {
-    // The configs parse and validate already; their devices come next. A
-    // caller must not get a VM without the card it asked for.
-    if !config.nets.is_empty() {
-        return Err(BuildError::NotAvailable("virtio-net"));
-    }
+    // The config parses and validates already; its device comes next. A
+    // caller must not get a VM without the device it asked for.
     if config.vsock.is_some() {
         return Err(BuildError::NotAvailable("virtio-vsock"));
     }
     for disk in &config.disks {
         devices.attach(BlockDevice::new(disk.block.clone())?)?;
+    }
+    for net in &config.nets {
+        devices.attach(NetDevice::open(net)?)?;
     }
     Ok(())
 }

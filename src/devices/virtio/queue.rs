@@ -106,15 +106,24 @@ impl QueueRules {
     }
 }
 
-/// What a pass has used of its budget so far.
-struct Spent {
+/// What a pass has used of its budget so far; for devices that run passes
+/// of their own (net receive), too.
+pub(crate) struct Spent {
     start: Instant,
-    chains: u32,
-    bytes: u64,
+    pub chains: u32,
+    pub bytes: u64,
 }
 
 impl Spent {
-    fn exhausted(&self, budget: &PassBudget, descriptors: u64) -> bool {
+    pub fn start() -> Self {
+        Self {
+            start: Instant::now(),
+            chains: 0,
+            bytes: 0,
+        }
+    }
+
+    pub fn exhausted(&self, budget: &PassBudget, descriptors: u64) -> bool {
         self.chains >= budget.chains
             || descriptors >= budget.descriptors
             || self.bytes >= budget.bytes
@@ -143,13 +152,47 @@ where
     Q: QueueT,
     F: FnMut(Chain<'_>) -> Served,
 {
+    drain_queue_or_wait(queue, mem, rules, |chain| Take::Done(handle(chain))).map(|p| p.pass)
+}
+
+/// What a device did with a chain [`drain_queue_or_wait`] offered it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Take {
+    /// Served: the chain goes on the used ring.
+    Done(Served),
+    /// The device cannot take the chain now (its backend is full): the
+    /// chain stays available, untouched, and the pass ends.
+    Wait,
+}
+
+/// The outcome of [`drain_queue_or_wait`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WaitingPass {
+    pub pass: Pass,
+    /// The device turned a chain down ([`Take::Wait`]); `pass.end` is then
+    /// [`PassEnd::Drained`] and driver notifications stay off: the device
+    /// must come back to the queue itself once its backend can take more,
+    /// as the driver will not notify it (nor is the notifier re-armed).
+    pub waiting: bool,
+}
+
+/// [`drain_queue`] for a device whose backend may fill up (a tap): a
+/// chain it cannot take now is left on the ring rather than dropped, and
+/// the pass stops there.
+pub fn drain_queue_or_wait<Q, F>(
+    queue: &mut Q,
+    mem: &GuestMemoryMmap,
+    rules: &QueueRules,
+    mut handle: F,
+) -> Result<WaitingPass, QueueError>
+where
+    Q: QueueT,
+    F: FnMut(Chain<'_>) -> Take,
+{
     let walked = Cell::new(0u64);
-    let mut spent = Spent {
-        start: Instant::now(),
-        chains: 0,
-        bytes: 0,
-    };
+    let mut spent = Spent::start();
     let mut served = 0u32;
+    let mut waiting = false;
     let end = 'pass: loop {
         queue.disable_notification(mem)?;
         let pending = pending_chains(queue, mem)?;
@@ -170,6 +213,7 @@ where
             if served > 0 && spent.exhausted(&rules.budget, walked.get()) {
                 break 'pass PassEnd::Yielded;
             }
+            let position = queue.next_avail();
             let head = pop_head(queue, mem)?;
             let chain = Chain::new(
                 mem,
@@ -179,7 +223,15 @@ where
                 head,
                 rules.indirect,
             );
-            let result = handle(chain);
+            let result = match handle(chain) {
+                Take::Done(result) => result,
+                Take::Wait => {
+                    // Back on the ring: the next pass starts with it.
+                    queue.set_next_avail(position);
+                    waiting = true;
+                    break 'pass PassEnd::Drained;
+                }
+            };
             queue.add_used(mem, head, result.used_len)?;
             served += 1;
             spent.chains += 1;
@@ -187,7 +239,42 @@ where
         }
     };
     let notify = served > 0 && queue.needs_notification(mem)?;
-    Ok(Pass { end, notify, served })
+    Ok(WaitingPass {
+        pass: Pass { end, notify, served },
+        waiting,
+    })
+}
+
+/// Takes the next chain the driver made available, if there is one, and
+/// returns its head; the caller must put it on the used ring eventually
+/// (or the driver never gets the buffer back). For a device that gathers
+/// buffers before it knows how many it needs and keeps them across passes
+/// (net receive with mergeable buffers). Leaves driver notifications as
+/// they are.
+pub fn take_available<Q: QueueT>(queue: &mut Q, mem: &GuestMemoryMmap) -> Result<Option<u16>, QueueError> {
+    if pending_chains(queue, mem)? == 0 {
+        return Ok(None);
+    }
+    pop_head(queue, mem).map(Some)
+}
+
+/// The chain at `head` of `queue`, walked by `rules`, its descriptors
+/// counted in `walked`.
+pub fn chain_at<'a, Q: QueueT>(
+    queue: &Q,
+    mem: &'a GuestMemoryMmap,
+    walked: &'a Cell<u64>,
+    rules: &QueueRules,
+    head: u16,
+) -> Chain<'a> {
+    Chain::new(
+        mem,
+        walked,
+        GuestAddress(queue.desc_table()),
+        queue.size(),
+        head,
+        rules.indirect,
+    )
 }
 
 /// Chains published and not yet taken, from one read of the available

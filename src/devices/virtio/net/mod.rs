@@ -1,5 +1,5 @@
 //! virtio-net (virtio 1.2 §5.1): the parts of the model that are pure
-//! functions of bytes, features and guest memory.
+//! functions of bytes, features and guest memory, and the device.
 //!
 //! - [`features`]: feature bits and their dependencies; [`guest_offloads`]
 //!   and [`guest_offload_features`] map receive offloads to and from a
@@ -8,18 +8,23 @@
 //!   checked against the negotiated features before a frame goes out.
 //! - [`config_space`]: the device configuration layout and the MAC address.
 //! - [`counters`]: per-NIC packet, byte and drop counters.
+//! - [`NetDevice`]: the device itself (`device.rs`, the receive path in
+//!   `rx.rs`), which moves frames between the queues and the backend.
 //!
 //! The host side is a [`crate::backends::tap::NetBackend`], which knows
 //! nothing of virtio.
 
 pub mod config_space;
 pub mod counters;
+mod device;
 pub mod header;
+mod rx;
 
 use crate::backends::tap::Offloads;
 
 pub use config_space::{ConfigSpaceError, MacAddr, NetConfigSpace};
 pub use counters::{DropReason, NetCounters, NetCountersSnapshot};
+pub use device::{NetDevice, NetDeviceError, DEFAULT_MTU, PROCESS_BACKEND, QUEUE_SIZE, RX_QUEUE, TX_QUEUE};
 pub use header::{HeaderError, TxRules, VirtioNetHdr, VNET_HDR_LEN};
 
 /// virtio device ID of a network card.
