@@ -506,3 +506,162 @@ fn a_prompt_without_newline_shows_while_the_guest_runs() {
     let _ = child.wait();
     assert_eq!(reader.join().unwrap(), b"login: ", "the prompt was held back");
 }
+
+/// The guest prints forever; kiln's stdout is a pipe nobody reads. Once the
+/// pipe is full, guest output must neither block the vCPU inside the UART
+/// nor the event loop behind it: SIGTERM still stops kiln, promptly. (kiln
+/// used to write from the vCPU thread under the UART's lock, which the
+/// event loop then waited for: SIGTERM went unanswered for good.)
+#[test]
+fn sigterm_stops_a_guest_printing_to_an_unread_pipe() {
+    let dir = scratch("unread");
+    let src = format!(
+        ".code64\n.globl _start\n_start:\n1:  lea msg(%rip), %rsi\n    call puts\n    jmp 1b\n{PUTS}msg: .asciz \"a guest that prints forever, read or not\\n\"\n"
+    );
+    let guest = assemble(&dir, "spam", &src);
+    let mut child = common::KillOnDrop(
+        std::process::Command::new(common::kiln())
+            .args(["boot", "--kernel", guest.to_str().unwrap(), "--memory", "64"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    // Held open, never read.
+    let unread = child.0.stdout.take().unwrap();
+    // Full to within a line (a pipe takes a short write whole or not at all).
+    let capacity = common::shrink_pipe(&unread);
+    common::wait_for_queued(&unread, capacity - 64, Duration::from_secs(10));
+    // The guest goes on printing into the full pipe for a while.
+    std::thread::sleep(Duration::from_millis(200));
+    // SAFETY: plain kill(2) on our own child.
+    assert_eq!(unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) }, 0);
+    let start = std::time::Instant::now();
+    let status = common::wait_or_kill(&mut child.0, Duration::from_secs(2))
+        .expect("kiln ignored SIGTERM while its output pipe was full");
+    let elapsed = start.elapsed();
+    assert_eq!(status.code(), Some(128 + libc::SIGTERM));
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.0.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(err.trim(), "kiln: stopped by signal 15");
+    eprintln!("stopped {elapsed:?} after SIGTERM");
+}
+
+/// 32 numbered lines of 4 KiB; before each, the guest waits for the UART's
+/// transmitter-empty bit, as a driver does, and counts the waits. Then it
+/// says whether it was ever held back, and resets once it gets a byte of
+/// input.
+fn burst_guest_source() -> String {
+    format!(
+        r#"
+    .code64
+    .globl _start
+_start:
+    cld
+    xor %r12d, %r12d           # line number
+    xor %r13d, %r13d           # times the transmitter was busy
+next:
+    lea line(%rip), %rdi       # 8 hex digits of the line number
+    mov %r12d, %ebx
+    mov $8, %ecx
+hex:
+    rol $4, %ebx
+    mov %bl, %al
+    and $0xf, %al
+    add $'0', %al
+    cmp $'9', %al
+    jbe 1f
+    add $('a' - '0' - 10), %al
+1:  stosb
+    dec %ecx
+    jnz hex
+    mov $0x3fd, %dx            # LSR
+wait:
+    in %dx, %al
+    test $0x20, %al            # transmitter holding register empty
+    jnz send
+    inc %r13
+    jmp wait
+send:
+    mov $0x3f8, %dx
+    lea line(%rip), %rsi
+    mov $4096, %rcx
+    rep outsb
+    inc %r12d
+    cmp $32, %r12d
+    jb next
+    lea held(%rip), %rsi
+    test %r13, %r13
+    jnz 2f
+    lea free(%rip), %rsi
+2:  call puts
+    mov $0x3fd, %dx
+3:  in %dx, %al
+    test $1, %al               # data ready
+    jz 3b
+{RESET}{PUTS}
+held: .asciz "held back\n"
+free: .asciz "never held back\n"
+line:
+    .ascii "00000000"
+    .rept 4087
+    .byte 'a' + (. - line) % 26
+    .endr
+    .byte '\n'
+"#
+    )
+}
+
+/// The guest prints faster than kiln's output is read: the UART holds it
+/// back instead of dropping output, and every byte arrives, in order. (A
+/// guest blocked inside its `out` instead, as kiln used to do, never sees
+/// the transmitter busy.)
+#[test]
+fn output_faster_than_the_reader_holds_the_guest_back_and_arrives_intact() {
+    use std::io::{Read, Write};
+    let dir = scratch("burst");
+    let guest = assemble(&dir, "burst", &burst_guest_source());
+    let mut child = common::KillOnDrop(
+        std::process::Command::new(common::kiln())
+            .args(["boot", "--kernel", guest.to_str().unwrap(), "--memory", "64"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut stdout = child.0.stdout.take().unwrap();
+    // A small pipe: kiln's own buffer, not the kernel's, takes the backlog.
+    common::shrink_pipe(&stdout);
+    // Not reading until kiln holds 64 KiB, 16 lines: the first line's time
+    // tells how fast this host runs the guest. Reading late is safe: past
+    // a second the stalled reader frees the guest, which then waits for
+    // input, its 128 KiB all buffered.
+    let first_line = common::wait_for_queued(&stdout, 4096, Duration::from_secs(20));
+    std::thread::sleep((first_line * 30).clamp(Duration::from_millis(500), Duration::from_secs(10)));
+    let tail: Vec<u8> = (8..4095).map(|i| b'a' + (i % 26) as u8).collect();
+    let mut want = Vec::new();
+    for n in 0..32u32 {
+        want.extend_from_slice(format!("{n:08x}").as_bytes());
+        want.extend_from_slice(&tail);
+        want.push(b'\n');
+    }
+    want.extend_from_slice(b"held back\n");
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 16 << 10];
+    while got.len() < want.len() && !got.ends_with(b"never held back\n") {
+        match stdout.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.0.stdin.take().unwrap().write_all(b"x").unwrap();
+    let status = common::wait_or_kill(&mut child.0, Duration::from_secs(20)).expect("kiln hung");
+    let mut err = String::new();
+    child.0.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert_eq!(status.code(), Some(0), "stderr: {err}");
+    assert_eq!(got.len(), want.len(), "bytes lost or added");
+    assert!(got == want, "output corrupted");
+}

@@ -4,15 +4,13 @@
 #![no_main]
 
 use std::cell::RefCell;
-use std::sync::Arc;
 
-use kiln::devices::virtio::block::{BlockConfig, BlockDevice};
-use kiln::devices::virtio::{Activation, HostEvents, Interrupt, VirtioDevice};
+use kiln::devices::virtio::VirtioDevice;
 use kiln::vstate::memory::GuestMemoryMmap;
+use kiln_fuzz::{active_scratch_disk, ScratchDisk};
 use libfuzzer_sys::fuzz_target;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress};
-use vmm_sys_util::tempfile::TempFile;
 
 const MEM_SIZE: usize = 0x10_0000;
 const DESC_TABLE: u64 = 0;
@@ -24,32 +22,15 @@ const PAYLOAD: u64 = 0x3000;
 const QUEUE_SIZE: u16 = 16;
 const IMAGE_LEN: u64 = 64 * 1024;
 
-struct NoInterrupt;
-
-impl Interrupt for NoInterrupt {
-    fn trigger(&self, _reason: u32) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 struct Target {
     mem: GuestMemoryMmap,
-    dev: BlockDevice,
-    _image: TempFile,
+    disk: ScratchDisk,
 }
 
 fn target() -> Target {
     let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
-    let image = TempFile::new().unwrap();
-    image.as_file().set_len(IMAGE_LEN).unwrap();
-    let mut dev = BlockDevice::new(BlockConfig::new(image.as_path())).unwrap();
-    dev.activate(Activation::new(dev.device_features(), mem.clone(), Arc::new(NoInterrupt), Arc::new(HostEvents::new().unwrap())))
-        .unwrap();
-    Target {
-        mem,
-        dev,
-        _image: image,
-    }
+    let disk = active_scratch_disk(IMAGE_LEN, &mem);
+    Target { mem, disk }
 }
 
 thread_local! {
@@ -68,7 +49,7 @@ fuzz_target!(|data: &[u8]| {
     let event_idx = ring[1] & 1 != 0;
     TARGET.with(|t| {
         let mut t = t.borrow_mut();
-        let Target { mem, dev, .. } = &mut *t;
+        let Target { mem, disk } = &mut *t;
         mem.write_slice(table, GuestAddress(DESC_TABLE)).unwrap();
         // Available ring: flags, idx, then head indices taken from the
         // payload (they may point anywhere).
@@ -84,8 +65,7 @@ fuzz_target!(|data: &[u8]| {
                 .unwrap();
         }
         let n = payload.len().min(MEM_SIZE - PAYLOAD as usize);
-        mem.write_slice(&payload[..n], GuestAddress(PAYLOAD))
-            .unwrap();
+        mem.write_slice(&payload[..n], GuestAddress(PAYLOAD)).unwrap();
 
         let mut q = Queue::new(QUEUE_SIZE).unwrap();
         q.set_desc_table_address(Some(DESC_TABLE as u32), Some(0));
@@ -95,6 +75,6 @@ fuzz_target!(|data: &[u8]| {
         q.set_ready(true);
         // Errors are fine (the transport would mark the device broken);
         // panics are not.
-        let _ = dev.process_queue(0, std::slice::from_mut(&mut q));
+        let _ = disk.device.process_queue(0, std::slice::from_mut(&mut q));
     });
 });

@@ -21,6 +21,7 @@ use crate::arch::x86_64::{acpi, cpuid, layout, mptable, regs};
 use crate::config::{validate_cmdline, ConfigError, VmConfig};
 use crate::devices::bus::{Bus, BusDevice};
 use crate::devices::legacy::acpi_pm::AcpiPmDevice;
+use crate::devices::legacy::console_output::{console_output, ConsoleWriter};
 use crate::devices::legacy::i8042::I8042Device;
 use crate::devices::legacy::pvpanic::PvPanicDevice;
 use crate::devices::legacy::serial::{SerialDevice, SerialHandler};
@@ -107,6 +108,8 @@ pub struct BuiltVm {
     pub vcpus: Vec<Vcpu>,
     pub vm_fd: VmFd,
     pub memory: GuestMemoryMmap,
+    /// Writes the guest console out; finished when the VM stops.
+    pub console: ConsoleWriter,
 }
 
 /// Host RAM in MiB, from /proc/meminfo; None if unreadable.
@@ -193,17 +196,19 @@ fn attach_virtio_devices(config: &VmConfig, devices: &mut MmioDevices) -> Result
 }
 
 /// Port I/O devices: COM1, i8042, pvpanic, ACPI sleep/reset register.
+/// Returns the bus and the console's writer.
 fn legacy_devices(
     vm: &VmFd,
     output: Box<dyn Write + Send>,
     input: Option<Box<dyn ConsoleInput>>,
     exit: &ExitNotifier,
     event_loop: &mut EventLoop,
-) -> Result<Bus, BuildError> {
+) -> Result<(Bus, ConsoleWriter), BuildError> {
     let mut pio = Bus::new();
     let irq = EventFd::new(EFD_NONBLOCK).map_err(BuildError::Setup)?;
     vm.register_irqfd(&irq, layout::COM1_IRQ)
         .map_err(kvm_op("attach the serial interrupt"))?;
+    let (output, console) = console_output(output).map_err(BuildError::Setup)?;
     let (serial, drained) = SerialDevice::new(irq, output).map_err(BuildError::Setup)?;
     let serial = Arc::new(Mutex::new(serial));
     pio.insert(u64::from(layout::COM1_PORT), 8, serial.clone())?;
@@ -229,7 +234,7 @@ fn legacy_devices(
     for (port, len, dev) in devices {
         pio.insert(u64::from(port), len, dev)?;
     }
-    Ok(pio)
+    Ok((pio, console))
 }
 
 /// What every vCPU shares, and where the boot vCPU starts.
@@ -312,7 +317,7 @@ pub fn build(
     };
     vm.create_pit2(pit).map_err(kvm_op("create the PIT"))?;
 
-    let pio_bus = legacy_devices(&vm, output, input, exit, event_loop)?;
+    let (pio_bus, console) = legacy_devices(&vm, output, input, exit, event_loop)?;
     let mut virtio = MmioDevices::new(&vm, &memory, event_loop);
     attach_virtio_devices(config, &mut virtio)?;
     let (mmio_bus, slots) = virtio.finish();
@@ -369,5 +374,6 @@ pub fn build(
         vcpus,
         vm_fd: vm,
         memory,
+        console,
     })
 }

@@ -48,6 +48,8 @@ impl VmmError {
 
 /// Where the guest's serial console goes and where its input comes from.
 pub struct ConsoleIo {
+    /// Written by a console thread of its own, the only one that may block
+    /// on it (see `devices::legacy::console_output`).
     pub output: Box<dyn Write + Send>,
     pub input: Option<Box<dyn ConsoleInput>>,
     /// Put the host terminal in raw mode while attached.
@@ -62,6 +64,13 @@ pub struct ConsoleIo {
 impl ConsoleIo {
     /// The terminal: stdin in, stdout out, raw mode, signals handled.
     pub fn stdio() -> Self {
+        // A duplicate of stdout, unbuffered: std's Stdout would hold a
+        // partial line back in a buffer of its own. (The same file
+        // description: its flags, which the parent shell shares, stay.)
+        let output = match std::io::stdout().as_fd().try_clone_to_owned() {
+            Ok(fd) => Box::new(std::fs::File::from(fd)) as Box<dyn Write + Send>,
+            Err(_) => Box::new(std::io::stdout()),
+        };
         // std's Stdin buffers: it would swallow input that epoll then
         // never reports again. A File on the same descriptor reads exactly
         // what is asked.
@@ -71,7 +80,7 @@ impl ConsoleIo {
             .ok()
             .map(|fd| Box::new(std::fs::File::from(fd)) as Box<dyn ConsoleInput>);
         Self {
-            output: Box::new(std::io::stdout()),
+            output,
             input,
             raw_terminal: true,
             handle_signals: true,
@@ -118,6 +127,8 @@ pub fn run_vm(config: &VmConfig, io: ConsoleIo) -> Result<ExitReason, VmmError> 
         }
     }
     let left_behind = vcpu::stop_all(&stop, handles);
+    // What the guest printed last goes out, with a bounded wait.
+    vm.console.finish();
     if log::log_enabled!(log::Level::Debug) {
         match resident_bytes(&vm.memory) {
             Ok(b) => log::debug!(

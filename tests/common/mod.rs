@@ -5,7 +5,7 @@
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 pub fn kiln() -> &'static str {
@@ -250,5 +250,66 @@ impl Running {
             let _ = err.read_to_string(&mut stderr);
         }
         (outcome, stderr)
+    }
+}
+
+/// A child that is killed if the test fails before it exits.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Waits up to `limit` for `child` to exit; kills it (and returns None)
+/// if it does not.
+pub fn wait_or_kill(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("wait for kiln") {
+            return Some(status);
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Shrinks the pipe `read_end` belongs to, so that a slow guest fills it
+/// fast; returns its capacity.
+pub fn shrink_pipe(read_end: &impl std::os::fd::AsRawFd) -> usize {
+    let fd = read_end.as_raw_fd();
+    // SAFETY: fcntl on a pipe descriptor we own; failure (data already
+    // beyond the new size) leaves the pipe as it was, which is fine.
+    unsafe { libc::fcntl(fd, libc::F_SETPIPE_SZ, 4096) };
+    // SAFETY: as above; F_GETPIPE_SZ only reads.
+    let capacity = unsafe { libc::fcntl(fd, libc::F_GETPIPE_SZ) };
+    usize::try_from(capacity).expect("not a pipe")
+}
+
+/// Waits until the pipe `read_end` belongs to holds at least `bytes`;
+/// returns how long that took, or panics after `limit`.
+pub fn wait_for_queued(read_end: &impl std::os::fd::AsRawFd, bytes: usize, limit: Duration) -> Duration {
+    let start = Instant::now();
+    loop {
+        let mut queued: libc::c_int = 0;
+        // SAFETY: FIONREAD writes one int to the pointer we pass.
+        assert_eq!(
+            unsafe { libc::ioctl(read_end.as_raw_fd(), libc::FIONREAD, &mut queued) },
+            0
+        );
+        if queued as usize >= bytes {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < limit,
+            "the pipe holds {queued} bytes, not {bytes}"
+        );
+        std::thread::sleep(Duration::from_millis(1));
     }
 }

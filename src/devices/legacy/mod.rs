@@ -3,5 +3,6 @@
 pub mod acpi_pm;
 pub mod console_output;
 pub mod i8042;
+pub mod output_buffer;
 pub mod pvpanic;
 pub mod serial;

@@ -33,7 +33,7 @@ pub const QUEUE_NOTIFY_OFFSET: u64 = 0x050;
 pub const CONFIG_SPACE_OFFSET: u64 = 0x100;
 
 /// Register offsets (§4.2.2).
-mod reg {
+pub mod reg {
     pub const MAGIC_VALUE: u64 = 0x000;
     pub const VERSION: u64 = 0x004;
     pub const DEVICE_ID: u64 = 0x008;
