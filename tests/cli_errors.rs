@@ -214,3 +214,28 @@ fn disk_spec_mistakes_are_usage_errors() {
         one_line(&args, 2, needle);
     }
 }
+
+#[test]
+fn net_spec_mistakes_are_usage_errors() {
+    let dir = scratch("net-specs");
+    let kernel = hello(&dir);
+    let k = kernel.to_str().unwrap();
+    for (specs, needle) in [
+        (&["mac=02:00:00:00:00:01"][..], "tap=NAME is required"),
+        (&["tap=a/b"][..], "tap name \"a/b\""),
+        (&["tap=a123456789abcdef"][..], "Linux allows at most 15"),
+        (&["tap=t0,mac=01:00:5e:00:00:01"][..], "multicast"),
+        (&["tap=t0,queues=2"][..], "unknown option \"queues\""),
+        (&["tap=t0", "tap=t0"][..], "two network cards use tap t0"),
+        (
+            &["tap=t0,id=n0", "tap=t1,id=n0"][..],
+            "id \"n0\" is given to more than one device",
+        ),
+    ] {
+        let mut args = vec!["boot", "--kernel", k];
+        for spec in specs {
+            args.extend(["--net", spec]);
+        }
+        one_line(&args, 2, needle);
+    }
+}

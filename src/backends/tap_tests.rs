@@ -119,6 +119,17 @@ fn set_link_up(name: &str, up: bool) {
     }
 }
 
+fn set_mtu(name: &str, mtu: c_int) {
+    // SAFETY: plain socket(2); the fd is owned right away.
+    let sock = unsafe { OwnedFd::from_raw_fd(libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0)) };
+    // SAFETY: as in `TapBackend::open_at`.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    req.ifr_name = interface_name(name).unwrap();
+    req.ifr_ifru.ifru_mtu = mtu;
+    // SAFETY: SIOCSIFMTU reads one `ifreq`.
+    assert!(unsafe { ioctl_with_mut_ref(&sock, libc::SIOCSIFMTU, &mut req) } >= 0);
+}
+
 /// An AF_PACKET socket on interface `name`: the host side of the wire.
 fn packet_socket(name: &str) -> OwnedFd {
     let protocol = (libc::ETH_P_ALL as u16).to_be();
@@ -308,6 +319,17 @@ fn created_tap_has_a_12_byte_vnet_header_and_disappears_on_close() {
             0,
             "a tap kiln created must not outlive it"
         );
+    });
+}
+
+/// The card reports the tap's MTU, whatever the host set it to.
+#[test]
+fn tap_mtu_is_read_from_the_interface() {
+    in_fresh_netns(|| {
+        let tap = TapBackend::open("kiln0").unwrap();
+        assert_eq!(tap.mtu().unwrap(), 1500);
+        set_mtu("kiln0", 9000);
+        assert_eq!(tap.mtu().unwrap(), 9000);
     });
 }
 

@@ -27,7 +27,7 @@ use crate::devices::legacy::pvpanic::PvPanicDevice;
 use crate::devices::legacy::serial::{SerialDevice, SerialHandler};
 use crate::devices::virtio::block::BlockDevice;
 use crate::devices::virtio::block::BlockError;
-use crate::devices::virtio::net::{NetDevice, NetDeviceError};
+use crate::devices::virtio::net::{NetCounters, NetDevice, NetDeviceError};
 use crate::devices::virtio::{MmioDevices, MmioSlot, VirtioError};
 use crate::devices::EventLoop;
 use crate::exit::ExitNotifier;
@@ -110,6 +110,14 @@ pub struct BuiltVm {
     pub memory: GuestMemoryMmap,
     /// Writes the guest console out; finished when the VM stops.
     pub console: ConsoleWriter,
+    /// Each network card's live counters, in `--net` order.
+    pub nics: Vec<NicCounters>,
+}
+
+/// A network card's counters, readable while the VM runs.
+pub struct NicCounters {
+    pub tap: String,
+    pub counters: Arc<NetCounters>,
 }
 
 /// Host RAM in MiB, from /proc/meminfo; None if unreadable.
@@ -180,7 +188,11 @@ fn build_cmdline(config: &VmConfig, limit: usize, slots: &[MmioSlot]) -> Result<
 /// Every virtio device, each in the next MMIO slot: one line per kind. The
 /// caller put the root disk first, so it is /dev/vda; network cards follow
 /// in the order given, so the guest probes them as eth0, eth1, ...
-fn attach_virtio_devices(config: &VmConfig, devices: &mut MmioDevices) -> Result<(), BuildError> {
+fn attach_virtio_devices(
+    config: &VmConfig,
+    devices: &mut MmioDevices,
+    nics: &mut Vec<NicCounters>,
+) -> Result<(), BuildError> {
     // The config parses and validates already; its device comes next. A
     // caller must not get a VM without the device it asked for.
     if config.vsock.is_some() {
@@ -190,7 +202,12 @@ fn attach_virtio_devices(config: &VmConfig, devices: &mut MmioDevices) -> Result
         devices.attach(BlockDevice::new(disk.block.clone())?)?;
     }
     for net in &config.nets {
-        devices.attach(NetDevice::open(net)?)?;
+        let card = NetDevice::open(net)?;
+        nics.push(NicCounters {
+            tap: net.tap.clone(),
+            counters: card.counters(),
+        });
+        devices.attach(card)?;
     }
     Ok(())
 }
@@ -319,7 +336,8 @@ pub fn build(
 
     let (pio_bus, console) = legacy_devices(&vm, output, input, exit, event_loop)?;
     let mut virtio = MmioDevices::new(&vm, &memory, event_loop);
-    attach_virtio_devices(config, &mut virtio)?;
+    let mut nics = Vec::new();
+    attach_virtio_devices(config, &mut virtio, &mut nics)?;
     let (mmio_bus, slots) = virtio.finish();
     let virtio_devices: Vec<acpi::MmioDeviceInfo> = slots.used().iter().map(MmioSlot::acpi_info).collect();
 
@@ -375,5 +393,6 @@ pub fn build(
         vm_fd: vm,
         memory,
         console,
+        nics,
     })
 }

@@ -20,7 +20,7 @@ use crate::terminal::RawTerminal;
 use crate::vstate::memory::{proc_kib, resident_bytes};
 use crate::vstate::vcpu::{self, VcpuHandle};
 
-pub use builder::BuildError;
+pub use builder::{BuildError, NicCounters};
 use signals::ExitWatcher;
 
 #[derive(Debug, thiserror::Error)]
@@ -141,6 +141,9 @@ pub fn run_vm(config: &VmConfig, io: ConsoleIo) -> Result<ExitReason, VmmError> 
     }
     // The event loop (and the devices it holds) go before guest memory.
     drop(event_loop);
+    for nic in &vm.nics {
+        log::info!("virtio-net {}: {}", nic.tap, nic.counters.snapshot());
+    }
     if left_behind > 0 {
         // That thread may still run the guest or a device. Unmapped, guest
         // memory's addresses could be reused for host data the guest would

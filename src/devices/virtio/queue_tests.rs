@@ -510,3 +510,68 @@ fn avail_index_raised_too_far_mid_round_is_caught_at_the_next_read() {
         "{err}"
     );
 }
+
+/// A device whose backend is full turns a chain down: it stays available,
+/// untouched, the pass ends with notifications still off (the device
+/// resumes on its own), and the next pass starts with it.
+#[test]
+fn a_chain_the_device_cannot_take_stays_on_the_ring() {
+    let mem = mem();
+    let ring = ring_with_chains(&mem, SIZE, 3);
+    let mut q = ring.queue();
+    let mut offered = Vec::new();
+    let result = drain_queue_or_wait(&mut q, &mem, &unbounded(), |chain| {
+        offered.push(chain.head_index());
+        if offered.len() == 2 {
+            Take::Wait
+        } else {
+            Take::Done(walk_all(chain))
+        }
+    })
+    .unwrap();
+    assert_eq!(
+        result,
+        WaitingPass {
+            pass: Pass {
+                end: PassEnd::Drained,
+                notify: true,
+                served: 1
+            },
+            waiting: true
+        }
+    );
+    assert_eq!(offered, [0, 1]);
+    assert_eq!(ring.used_idx(&mem), 1);
+    assert_eq!(ring.used_flags(&mem), NO_NOTIFY, "the driver need not notify");
+
+    let mut heads = Vec::new();
+    let result = drain_queue_or_wait(&mut q, &mem, &unbounded(), |chain| {
+        heads.push(chain.head_index());
+        Take::Done(walk_all(chain))
+    })
+    .unwrap();
+    assert!(!result.waiting);
+    assert_eq!(result.pass.end, PassEnd::Drained);
+    assert_eq!(heads, [1, 2]);
+    assert_eq!(ring.used_heads(&mem, 0), [0, 1, 2]);
+    assert_eq!(ring.used_flags(&mem), 0, "notifications back on");
+}
+
+/// Taking chains one at a time (net receive) sees only what the driver
+/// published, and refuses an index moved past the queue size.
+#[test]
+fn take_available_hands_out_published_heads_only() {
+    let mem = mem();
+    let ring = ring_with_chains(&mem, SIZE, 2);
+    let mut q = ring.queue();
+    assert_eq!(take_available(&mut q, &mem).unwrap(), Some(0));
+    assert_eq!(take_available(&mut q, &mem).unwrap(), Some(1));
+    assert_eq!(take_available(&mut q, &mem).unwrap(), None);
+    assert_eq!(q.next_avail(), 2);
+    let walked = Cell::new(0);
+    assert_eq!(chain_at(&q, &mem, &walked, &unbounded(), 1).count(), 1);
+    assert_eq!(walked.get(), 1);
+    ring.set_avail_idx(&mem, 2 + SIZE + 1);
+    let err = take_available(&mut q, &mem).unwrap_err();
+    assert!(matches!(err, QueueError::AvailIndexTooFar { .. }), "{err}");
+}

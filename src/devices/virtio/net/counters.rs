@@ -178,6 +178,27 @@ impl NetCountersSnapshot {
     }
 }
 
+/// One line: `rx P packets B bytes, tx P packets B bytes, drops: none` or
+/// `drops: reason=N reason=N`.
+impl std::fmt::Display for NetCountersSnapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "rx {} packets {} bytes, tx {} packets {} bytes, drops:",
+            self.rx_packets, self.rx_bytes, self.tx_packets, self.tx_bytes
+        )?;
+        let mut any = false;
+        for (reason, count) in self.nonzero_drops() {
+            write!(f, " {}={count}", reason.as_str())?;
+            any = true;
+        }
+        if !any {
+            write!(f, " none")?;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -223,6 +244,24 @@ mod tests {
         assert_eq!(before.drops(DropReason::RxNoBuffer), 0);
         assert_eq!(counters.snapshot().drops(DropReason::RxNoBuffer), 1);
         assert_eq!(NetCounters::new().snapshot(), NetCountersSnapshot::default());
+    }
+
+    #[test]
+    fn a_snapshot_prints_on_one_line() {
+        let counters = NetCounters::new();
+        assert_eq!(
+            counters.snapshot().to_string(),
+            "rx 0 packets 0 bytes, tx 0 packets 0 bytes, drops: none"
+        );
+        counters.record_rx(60);
+        counters.record_tx(1514);
+        counters.record_drop(DropReason::TxBadHeader);
+        counters.record_drop(DropReason::RxNoBuffer);
+        counters.record_drop(DropReason::RxNoBuffer);
+        assert_eq!(
+            counters.snapshot().to_string(),
+            "rx 1 packets 60 bytes, tx 1 packets 1514 bytes, drops: tx_bad_header=1 rx_no_buffer=2"
+        );
     }
 
     #[test]

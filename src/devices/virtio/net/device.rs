@@ -433,11 +433,15 @@ impl<B: NetBackend> VirtioDevice for NetDevice<B> {
             return Ok(PassEnd::Drained);
         }
         if ready.intersects(EventSet::HANG_UP | EventSet::ERROR) {
-            // The set drops the fd after this call: the card is cut off.
+            // Reported once: the backend is gone (a deleted tap) and would
+            // be reported forever. The card is cut off until a reset.
             log::error!(
                 "virtio-net: {} failed or went away; the card no longer sends or receives",
                 self.backend.name()
             );
+            if let Err(e) = active.host_events.remove(self.backend.as_raw_fd()) {
+                log::error!("virtio-net: cannot stop watching {}: {e}", self.backend.name());
+            }
             active.interest = None;
             return Ok(PassEnd::Drained);
         }
@@ -473,3 +477,7 @@ impl<B: NetBackend> VirtioDevice for NetDevice<B> {
 #[cfg(test)]
 #[path = "device_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "device_hostile_tests.rs"]
+mod hostile_tests;

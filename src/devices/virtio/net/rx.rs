@@ -235,7 +235,11 @@ impl Receiver {
         backend: &mut B,
         counters: &NetCounters,
     ) -> Result<Option<usize>, QueueError> {
-        let chains = if self.mergeable { self.held.len() } else { 1 };
+        let chains = if self.mergeable {
+            self.held.len()
+        } else {
+            self.held.len().min(1)
+        };
         // What one read can use of each held chain: the backend takes at
         // most MAX_FRAME_BUFFERS buffers, and ranges split where guest
         // memory regions end.
