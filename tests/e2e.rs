@@ -64,6 +64,10 @@ const SCENARIOS: &[&str] = &[
     "disk-sigkill",
     "disk-readonly",
     "disk-discard",
+    "net-ping-http",
+    "net-acpi-only",
+    "net-two-guests",
+    "net-absent",
 ];
 
 /// Runs the suite (only `only`, when not empty) once; returns its
@@ -116,6 +120,9 @@ fn run_once(a: &HashMap<String, PathBuf>, rootfs: &Path, only: &str) -> (String,
                 "e2fsck",
                 "--keep-libs-of",
                 "debugfs",
+                // The net-* scenarios bridge their taps (tun is always loaded).
+                "--module",
+                "bridge",
             ])
             // A tmpfs scratch area: sparse images and hole punching work there.
             .args(["--", "sh", "-c", &command])
@@ -232,4 +239,24 @@ fn read_only_disk_gives_erofs_and_stays_unchanged() {
 #[test]
 fn discard_in_the_guest_punches_holes_in_the_image() {
     check("disk-discard");
+}
+
+#[test]
+fn guest_pings_and_moves_16_mib_each_way_over_a_bridged_tap() {
+    check("net-ping-http");
+}
+
+#[test]
+fn net_card_is_found_through_acpi_alone() {
+    check("net-acpi-only");
+}
+
+#[test]
+fn two_guests_on_one_bridge_reach_each_other() {
+    check("net-two-guests");
+}
+
+#[test]
+fn guest_without_net_has_no_eth0() {
+    check("net-absent");
 }
