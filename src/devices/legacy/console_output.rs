@@ -392,13 +392,7 @@ impl ConsoleWriter {
             }
             st.buffer.copy_ready(&mut self.chunk, WRITE_CHUNK);
             drop(st);
-            let result = loop {
-                match self.sink.try_write(&self.chunk) {
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Ok(0) => break Err(io::ErrorKind::WriteZero.into()),
-                    other => break other,
-                }
-            };
+            let result = self.write_chunk();
             match result {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.shared.state().blocked_since.get_or_insert(now);
@@ -413,6 +407,21 @@ impl ConsoleWriter {
                     return PassEnd::Failed;
                 }
             }
+        }
+    }
+
+    /// Writes `chunk`, or failing that its first line: a nearly full
+    /// pipe refuses a page but still merges a short write into its last
+    /// page, so it fills to within a line, as it would with blocking
+    /// writes of each line.
+    fn write_chunk(&mut self) -> io::Result<usize> {
+        let first_line = self.chunk.iter().position(|&b| b == b'\n').map(|i| i + 1);
+        match write_retrying(&mut *self.sink, &self.chunk) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => match first_line {
+                Some(n) if n < self.chunk.len() => write_retrying(&mut *self.sink, &self.chunk[..n]),
+                _ => Err(e),
+            },
+            other => other,
         }
     }
 
@@ -505,6 +514,17 @@ impl ConsoleWriter {
             if let Err(e) = ops.remove(Events::new_raw(fd, EventSet::OUT)) {
                 log::debug!("console output: cannot stop watching fd {fd}: {e}");
             }
+        }
+    }
+}
+
+/// One `try_write`, retried when interrupted; Ok(n) has n > 0.
+fn write_retrying(sink: &mut dyn ConsoleSink, data: &[u8]) -> io::Result<usize> {
+    loop {
+        match sink.try_write(data) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            other => return other,
         }
     }
 }

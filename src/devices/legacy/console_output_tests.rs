@@ -412,3 +412,32 @@ fn the_room_event_fires_when_a_guest_told_busy_has_room() {
     assert_eq!(out.check_transmitter(Instant::now()), TransmitCheck::Idle);
     writer.finish();
 }
+
+/// Bytes waiting in the pipe `fd`.
+fn queued(fd: RawFd) -> usize {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int.
+    assert_eq!(unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) }, 0);
+    n as usize
+}
+
+/// A one-page pipe nobody reads, holding a short line, refuses the next
+/// page-sized chunk; the writer still fills it to within a line, as
+/// blocking line-by-line writes would.
+#[test]
+fn a_pipe_nobody_reads_fills_to_within_a_line() {
+    let (reader, pipe) = std::io::pipe().unwrap();
+    // SAFETY: F_SETPIPE_SZ on a pipe we own.
+    assert_eq!(
+        unsafe { libc::fcntl(reader.as_raw_fd(), libc::F_SETPIPE_SZ, 4096) },
+        4096
+    );
+    let sink = super::super::host_output::HostOutput::new(std::os::fd::OwnedFd::from(pipe)).unwrap();
+    let (mut out, writer) = output(sink);
+    let line = numbered_lines(1, 42);
+    out.write_all(&line).unwrap();
+    wait_until(|| queued(reader.as_raw_fd()) == 42);
+    out.write_all(&numbered_lines(200, 42)).unwrap();
+    wait_until(|| queued(reader.as_raw_fd()) > 4096 - 42);
+    drop(writer);
+}
