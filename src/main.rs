@@ -141,7 +141,11 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(e) => return fail(2, e),
             };
-            match vmm::run_vm(&config, ConsoleIo::stdio()) {
+            let io = match ConsoleIo::stdio() {
+                Ok(io) => io,
+                Err(e) => return fail(1, format!("cannot use stdout for the guest console: {e}")),
+            };
+            match vmm::run_vm(&config, io) {
                 Ok(reason) => {
                     let code = reason.exit_code();
                     match reason.message() {

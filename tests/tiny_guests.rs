@@ -548,6 +548,63 @@ fn sigterm_stops_a_guest_printing_to_an_unread_pipe() {
     eprintln!("stopped {elapsed:?} after SIGTERM");
 }
 
+/// The design card: one event-loop thread and one thread per vCPU, nothing
+/// else, also while guest output waits for a reader that does not read
+/// (kiln once wrote the console from a thread of its own).
+#[test]
+fn a_vm_runs_one_thread_per_vcpu_beside_the_event_loop() {
+    let dir = scratch("threads");
+    let src = format!(
+        ".code64\n.globl _start\n_start:\n1:  lea msg(%rip), %rsi\n    call puts\n    jmp 1b\n{PUTS}msg: .asciz \"counting threads\\n\"\n"
+    );
+    let guest = assemble(&dir, "spam", &src);
+    let mut child = common::KillOnDrop(
+        std::process::Command::new(common::kiln())
+            .args([
+                "boot",
+                "--kernel",
+                guest.to_str().unwrap(),
+                "--memory",
+                "64",
+                "--cpus",
+                "2",
+            ])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let unread = child.0.stdout.take().unwrap();
+    let capacity = common::shrink_pipe(&unread);
+    common::wait_for_queued(&unread, capacity - 64, Duration::from_secs(10));
+    // KVM's own workers (kvm-nx-lpage-recovery, a vhost task since Linux
+    // 6.13) show up among the tasks too: flagged PF_USER_WORKER.
+    const PF_USER_WORKER: u64 = 0x4000;
+    let mut names = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{}/task", child.0.id())).unwrap() {
+        let path = task.unwrap().path();
+        let stat = std::fs::read_to_string(path.join("stat")).unwrap();
+        // The flags are the 7th field after the parenthesised name.
+        let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+        let flags: u64 = after_name.split(' ').nth(6).unwrap().parse().unwrap();
+        if flags & PF_USER_WORKER == 0 {
+            names.push(
+                std::fs::read_to_string(path.join("comm"))
+                    .unwrap()
+                    .trim()
+                    .to_string(),
+            );
+        }
+    }
+    names.sort();
+    assert_eq!(
+        names,
+        ["kiln", "kiln-vcpu0", "kiln-vcpu1"],
+        "the event loop and 2 vCPU threads"
+    );
+}
+
 /// 32 numbered lines of 4 KiB; before each, the guest waits for the UART's
 /// transmitter-empty bit, as a driver does, and counts the waits. Then it
 /// says whether it was ever held back, and resets once it gets a byte of

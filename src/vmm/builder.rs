@@ -2,7 +2,7 @@
 //! memory, the loaded kernel and boot structures, devices on their buses,
 //! and configured (not yet running) vCPUs.
 
-use std::io::Write;
+use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex};
 
 use event_manager::{MutEventSubscriber, SubscriberOps};
@@ -22,6 +22,7 @@ use crate::config::{validate_cmdline, ConfigError, VmConfig};
 use crate::devices::bus::{Bus, BusDevice};
 use crate::devices::legacy::acpi_pm::AcpiPmDevice;
 use crate::devices::legacy::console_output::{console_output, ConsoleWriter};
+use crate::devices::legacy::host_output::HostOutput;
 use crate::devices::legacy::i8042::I8042Device;
 use crate::devices::legacy::pvpanic::PvPanicDevice;
 use crate::devices::legacy::serial::{SerialDevice, SerialHandler};
@@ -108,8 +109,9 @@ pub struct BuiltVm {
     pub vcpus: Vec<Vcpu>,
     pub vm_fd: VmFd,
     pub memory: GuestMemoryMmap,
-    /// Writes the guest console out; finished when the VM stops.
-    pub console: ConsoleWriter,
+    /// Writes the guest console out (an event-loop subscriber); finished
+    /// when the VM stops.
+    pub console: Arc<Mutex<ConsoleWriter>>,
     /// Each network card's live counters, in `--net` order.
     pub nics: Vec<NicCounters>,
 }
@@ -216,16 +218,19 @@ fn attach_virtio_devices(
 /// Returns the bus and the console's writer.
 fn legacy_devices(
     vm: &VmFd,
-    output: Box<dyn Write + Send>,
+    output: OwnedFd,
     input: Option<Box<dyn ConsoleInput>>,
     exit: &ExitNotifier,
     event_loop: &mut EventLoop,
-) -> Result<(Bus, ConsoleWriter), BuildError> {
+) -> Result<(Bus, Arc<Mutex<ConsoleWriter>>), BuildError> {
     let mut pio = Bus::new();
     let irq = EventFd::new(EFD_NONBLOCK).map_err(BuildError::Setup)?;
     vm.register_irqfd(&irq, layout::COM1_IRQ)
         .map_err(kvm_op("attach the serial interrupt"))?;
-    let (output, console) = console_output(output).map_err(BuildError::Setup)?;
+    let host = HostOutput::new(output).map_err(BuildError::Setup)?;
+    let (output, console) = console_output(Box::new(host)).map_err(BuildError::Setup)?;
+    let console = Arc::new(Mutex::new(console));
+    event_loop.add_subscriber(console.clone() as Arc<Mutex<dyn MutEventSubscriber + Send>>);
     let (serial, drained) = SerialDevice::new(irq, output).map_err(BuildError::Setup)?;
     let serial = Arc::new(Mutex::new(serial));
     pio.insert(u64::from(layout::COM1_PORT), 8, serial.clone())?;
@@ -302,7 +307,7 @@ fn create_vcpus(s: VcpuSetup) -> Result<Vec<Vcpu>, BuildError> {
 /// Builds the whole VM; devices with descriptors join `event_loop`.
 pub fn build(
     config: &VmConfig,
-    output: Box<dyn Write + Send>,
+    output: OwnedFd,
     input: Option<Box<dyn ConsoleInput>>,
     exit: &ExitNotifier,
     event_loop: &mut EventLoop,

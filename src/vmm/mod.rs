@@ -5,8 +5,7 @@ mod builder;
 mod signals;
 mod teardown;
 
-use std::io::Write;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
@@ -48,9 +47,10 @@ impl VmmError {
 
 /// Where the guest's serial console goes and where its input comes from.
 pub struct ConsoleIo {
-    /// Written by a console thread of its own, the only one that may block
-    /// on it (see `devices::legacy::console_output`).
-    pub output: Box<dyn Write + Send>,
+    /// A descriptor (stdout, a pipe, a terminal, a socket, a file) the
+    /// event loop writes without ever blocking and without changing its
+    /// file status flags (see `devices::legacy::host_output`).
+    pub output: OwnedFd,
     pub input: Option<Box<dyn ConsoleInput>>,
     /// Put the host terminal in raw mode while attached.
     pub raw_terminal: bool,
@@ -63,14 +63,12 @@ pub struct ConsoleIo {
 
 impl ConsoleIo {
     /// The terminal: stdin in, stdout out, raw mode, signals handled.
-    pub fn stdio() -> Self {
+    /// Fails only if stdout is closed or no descriptor is left.
+    pub fn stdio() -> std::io::Result<Self> {
         // A duplicate of stdout, unbuffered: std's Stdout would hold a
         // partial line back in a buffer of its own. (The same file
         // description: its flags, which the parent shell shares, stay.)
-        let output = match std::io::stdout().as_fd().try_clone_to_owned() {
-            Ok(fd) => Box::new(std::fs::File::from(fd)) as Box<dyn Write + Send>,
-            Err(_) => Box::new(std::io::stdout()),
-        };
+        let output = std::io::stdout().as_fd().try_clone_to_owned()?;
         // std's Stdin buffers: it would swallow input that epoll then
         // never reports again. A File on the same descriptor reads exactly
         // what is asked.
@@ -79,13 +77,13 @@ impl ConsoleIo {
             .try_clone_to_owned()
             .ok()
             .map(|fd| Box::new(std::fs::File::from(fd)) as Box<dyn ConsoleInput>);
-        Self {
+        Ok(Self {
             output,
             input,
             raw_terminal: true,
             handle_signals: true,
             detach_teardown: true,
-        }
+        })
     }
 }
 
@@ -128,7 +126,7 @@ pub fn run_vm(config: &VmConfig, io: ConsoleIo) -> Result<ExitReason, VmmError> 
     }
     let left_behind = vcpu::stop_all(&stop, handles);
     // What the guest printed last goes out, with a bounded wait.
-    vm.console.finish();
+    crate::sync::lock(&vm.console).finish();
     if log::log_enabled!(log::Level::Debug) {
         match resident_bytes(&vm.memory) {
             Ok(b) => log::debug!(

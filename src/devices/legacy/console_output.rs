@@ -1,20 +1,15 @@
-//! Guest console output: buffered in whole lines, written by a thread of
-//! its own, so that nothing the host peer does can stall a vCPU or the
-//! event loop.
+//! Guest console output: buffered in whole lines and written to the host
+//! by the event loop, never blocking, so that nothing the host peer does
+//! can stall a vCPU or the event loop.
 //!
 //! The UART hands each guest byte to [`ConsoleOutput`], which only appends
-//! it to a bounded [`OutputBuffer`]. The `kiln-console` thread writes whole
-//! lines (a partial line such as a shell prompt after
-//! [`PARTIAL_LINE_DELAY`]) to the host: stdout, a pipe, a terminal, a
-//! socket, a file. Only that thread ever blocks on the peer, and it holds no
-//! lock while it does. The alternatives all fall short somewhere: setting
-//! O_NONBLOCK on stdout (as Firecracker does) changes a file description
-//! the parent shell and the programs it runs next share; reopening
-//! /proc/self/fd/1 gives a description of our own for pipes and terminals
-//! but fails for sockets, can fail for a terminal owned by someone else,
-//! and would give a regular file a new offset; poll-then-write races with
-//! anyone else writing to the same pipe or terminal, and a terminal blocks
-//! a write larger than its free room even after POLLOUT.
+//! it to a bounded [`OutputBuffer`] and, when whole lines (or the start of
+//! a partial line) arrive while the writer is idle, signals an eventfd.
+//! [`ConsoleWriter`], an event-loop subscriber, writes whole lines (a
+//! partial line such as a shell prompt after [`PARTIAL_LINE_DELAY`], by a
+//! timerfd) through a [`ConsoleSink`] that never blocks (see
+//! `host_output`). When the peer takes no more, the writer watches the
+//! sink's descriptor for EPOLLOUT until it does, and only then.
 //!
 //! A reader slower than the guest holds the guest back the way a UART
 //! does: above [`HIGH_WATER`] buffered bytes the UART reports its
@@ -28,11 +23,13 @@
 
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::thread::JoinHandle;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use event_manager::{EventOps, Events, MutEventSubscriber};
+use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vmm_sys_util::timerfd::TimerFd;
 
 use super::output_buffer::OutputBuffer;
 use crate::sync::lock;
@@ -43,8 +40,8 @@ pub const PARTIAL_LINE_DELAY: Duration = Duration::from_millis(5);
 pub const CAPACITY: usize = 1 << 20;
 /// Above this much held output the UART reports its transmitter busy.
 pub const HIGH_WATER: usize = 64 << 10;
-/// A peer that takes nothing for this long (strictly: does not complete
-/// one write of up to a page) no longer holds the guest back.
+/// A peer that takes nothing for this long (strictly: refuses output and
+/// takes none of it since) no longer holds the guest back.
 pub const STALL_TIMEOUT: Duration = Duration::from_secs(1);
 /// How often, at most, the event loop looks at (and reports) drops.
 pub const DROP_REPORT_INTERVAL: Duration = crate::guest_log::INTERVAL;
@@ -52,23 +49,36 @@ pub const DROP_REPORT_INTERVAL: Duration = crate::guest_log::INTERVAL;
 const EXIT_IDLE_LIMIT: Duration = Duration::from_millis(500);
 /// ... and for one that keeps taking output, in all.
 const EXIT_LIMIT: Duration = Duration::from_secs(5);
-/// Largest single write: a pipe takes a write of at most a page whole as
-/// soon as it has a free page, so a slow reader still shows progress at
-/// every write, and stalls are measured per write.
+/// Largest single write: a page, which a pipe with a free slot takes
+/// whole, ending at a line boundary where one falls inside.
 const WRITE_CHUNK: usize = 4096;
+/// Most bytes one event-loop pass writes before letting other events in
+/// (a fast sink must not let a chatty guest hog the event loop).
+const PASS_BUDGET: usize = 64 << 10;
+/// How soon to retry a sink that refused output but has no descriptor
+/// to watch.
+const UNWATCHED_RETRY: Duration = Duration::from_millis(10);
+
+/// Where guest console output goes: written without ever blocking.
+pub trait ConsoleSink: Send {
+    /// Writes some of `data` now; `WouldBlock` when the peer takes
+    /// nothing now. Must not block.
+    fn try_write(&mut self, data: &[u8]) -> io::Result<usize>;
+    /// A descriptor that reports EPOLLOUT once `try_write` may progress;
+    /// None: the writer retries on a timer.
+    fn writable_fd(&self) -> Option<RawFd>;
+    /// Waits at most `timeout` for the peer to take output (exit flush).
+    fn wait_writable(&mut self, timeout: Duration) -> io::Result<()>;
+}
 
 struct State {
     buffer: OutputBuffer,
-    /// The console thread sleeps waiting for ready output.
+    /// The writer has nothing ready to write and waits for news.
     writer_waiting: bool,
-    /// The VM is done: write out everything, then stop.
-    closing: bool,
-    /// The console thread has finished.
-    writer_gone: bool,
     /// The peer refused output for good (closed pipe): discard.
     failed: bool,
-    /// When the write under way began.
-    writing_since: Option<Instant>,
+    /// When the peer began refusing output it has not taken since.
+    blocked_since: Option<Instant>,
     /// Bytes the peer has taken.
     written: u64,
     /// The peer took nothing for STALL_TIMEOUT and has not since.
@@ -86,13 +96,11 @@ struct State {
 
 struct Shared {
     state: Mutex<State>,
-    /// Ready output for the console thread, or closing.
-    work: Condvar,
-    /// The console thread wrote something, or finished.
-    progress: Condvar,
-    /// Tells the event loop there is room again for a guest told busy, or
-    /// that output began to be dropped.
+    /// Tells the serial handler there is room again for a guest told busy,
+    /// or that output began to be dropped.
     event: EventFd,
+    /// Tells the writer there is output ready, or a partial line to time.
+    wake: EventFd,
 }
 
 impl Shared {
@@ -130,22 +138,43 @@ pub struct ConsoleOutput {
     shared: Arc<Shared>,
 }
 
-/// The console thread, for the final flush at exit.
+/// The event-loop subscriber that writes guest output to the sink, and
+/// the final flush at exit.
 pub struct ConsoleWriter {
     shared: Arc<Shared>,
-    thread: Option<JoinHandle<()>>,
+    sink: Box<dyn ConsoleSink>,
+    /// Fires when a partial line is due, or to retry an unwatched sink.
+    timer: TimerFd,
+    chunk: Vec<u8>,
+    /// The sink's descriptor while it is watched for EPOLLOUT.
+    watching: Option<RawFd>,
+    /// epoll refused the sink's descriptor: retry on the timer instead.
+    unwatchable: bool,
+    /// The VM is done: partial lines go out at once.
+    closing: bool,
 }
 
-/// Starts the console thread writing to `out`.
-pub fn console_output(out: Box<dyn Write + Send>) -> io::Result<(ConsoleOutput, ConsoleWriter)> {
+/// How a writing pass ended.
+#[derive(Debug, PartialEq, Eq)]
+enum PassEnd {
+    /// Nothing ready; a partial line waits until then, if any.
+    Idle(Option<Instant>),
+    /// The peer takes nothing now.
+    Blocked,
+    /// The pass wrote its budget; more is ready.
+    Budget,
+    /// The peer is gone for good.
+    Failed,
+}
+
+/// The UART's side and the event loop's side of the console output.
+pub fn console_output(sink: Box<dyn ConsoleSink>) -> io::Result<(ConsoleOutput, ConsoleWriter)> {
     let shared = Arc::new(Shared {
         state: Mutex::new(State {
             buffer: OutputBuffer::new(CAPACITY),
-            writer_waiting: false,
-            closing: false,
-            writer_gone: false,
+            writer_waiting: true,
             failed: false,
-            writing_since: None,
+            blocked_since: None,
             written: 0,
             stalled: false,
             guest_told_busy: false,
@@ -153,26 +182,19 @@ pub fn console_output(out: Box<dyn Write + Send>) -> io::Result<(ConsoleOutput, 
             drop_report_armed: false,
             dropped_reported: 0,
         }),
-        work: Condvar::new(),
-        progress: Condvar::new(),
         event: EventFd::new(EFD_NONBLOCK)?,
+        wake: EventFd::new(EFD_NONBLOCK)?,
     });
-    let for_thread = shared.clone();
-    // The thread inherits the caller's signal mask: the stop signals stay
-    // with the event loop's signalfd.
-    let thread = std::thread::Builder::new()
-        .name("kiln-console".into())
-        .stack_size(256 << 10)
-        .spawn(move || run_writer(&for_thread, out))?;
-    Ok((
-        ConsoleOutput {
-            shared: shared.clone(),
-        },
-        ConsoleWriter {
-            shared,
-            thread: Some(thread),
-        },
-    ))
+    let writer = ConsoleWriter {
+        shared: shared.clone(),
+        sink,
+        timer: TimerFd::new()?,
+        chunk: Vec::with_capacity(WRITE_CHUNK),
+        watching: None,
+        unwatchable: false,
+        closing: false,
+    };
+    Ok((ConsoleOutput { shared }, writer))
 }
 
 impl ConsoleOutput {
@@ -237,8 +259,8 @@ impl ConsoleOutput {
             st.guest_told_busy = false;
             return TransmitCheck::Resume;
         }
-        let Some(since) = st.writing_since else {
-            // Between two writes: the peer is taking output.
+        let Some(since) = st.blocked_since else {
+            // The peer is taking output.
             return TransmitCheck::Wait(STALL_TIMEOUT);
         };
         let waited = now.saturating_duration_since(since);
@@ -257,13 +279,13 @@ impl Write for ConsoleOutput {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         let mut st = self.shared.state();
         if st.failed {
-            // Reported once by the console thread when the peer went away.
+            // Reported once by the writer when the peer went away.
             return Ok(data.len());
         }
         let (ready, len, dropped) = (st.buffer.ready(), st.buffer.len(), st.buffer.dropped());
         let had_partial = len > ready;
         st.buffer.push(data);
-        // Wake the thread for new whole lines, or to start the clock of a
+        // Wake the writer for new whole lines, or to start the clock of a
         // new partial line; not for every byte.
         let news = st.buffer.ready() > ready || (!had_partial && st.buffer.len() > st.buffer.ready());
         let wake = news && st.writer_waiting;
@@ -276,17 +298,18 @@ impl Write for ConsoleOutput {
             st.drop_report_armed = true;
         }
         drop(st);
+        // Either write only fails if the counter would overflow: it is
+        // non-zero then, and the event loop woken anyway.
         if wake {
-            self.shared.work.notify_one();
+            let _ = self.shared.wake.write(1);
         }
         if report {
-            // Only fails if the counter would overflow: it is non-zero then.
             let _ = self.shared.event.write(1);
         }
         Ok(data.len())
     }
 
-    /// Deferred: the console thread decides when bytes go out.
+    /// Deferred: the writer decides when bytes go out.
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
     }
@@ -296,51 +319,48 @@ impl ConsoleWriter {
     /// Writes out what the guest left, waiting while the peer keeps
     /// taking it, but not on a peer that does not read: this returns
     /// [`EXIT_IDLE_LIMIT`] after the peer last took anything (at once if
-    /// it has been stuck that long already), within [`EXIT_LIMIT`] in all.
-    pub fn finish(mut self) {
+    /// it has been refusing output that long already), within
+    /// [`EXIT_LIMIT`] in all.
+    pub fn finish(&mut self) {
         self.close_and_wait(EXIT_IDLE_LIMIT, EXIT_LIMIT);
     }
 
     /// Returns how many bytes were left unwritten.
     fn close_and_wait(&mut self, idle_limit: Duration, limit: Duration) -> usize {
         let start = Instant::now();
-        let mut st = self.shared.state();
-        st.closing = true;
-        if st.writer_waiting {
-            st.writer_waiting = false;
-            self.shared.work.notify_one();
-        }
-        // A write under way since long ago: the peer took nothing since.
-        let (mut written, mut last_progress) = (st.written, st.writing_since.unwrap_or(start));
-        while !st.writer_gone {
+        self.closing = true;
+        let (mut written, mut last_progress) = {
+            let st = self.shared.state();
+            (st.written, st.blocked_since.unwrap_or(start))
+        };
+        loop {
+            let end = self.pass(usize::MAX);
             let now = Instant::now();
-            if st.written != written {
-                (written, last_progress) = (st.written, now);
+            let now_written = self.shared.state().written;
+            if now_written != written {
+                (written, last_progress) = (now_written, now);
+            }
+            if end != PassEnd::Blocked {
+                break;
             }
             let deadline = (last_progress + idle_limit).min(start + limit);
             if now >= deadline {
                 break;
             }
-            st = self
-                .shared
-                .progress
-                .wait_timeout(st, deadline - now)
-                .map_or_else(|poisoned| poisoned.into_inner().0, |(guard, _)| guard);
+            if let Err(e) = self.sink.wait_writable(deadline - now) {
+                log::debug!("console output: cannot wait for the peer: {e}");
+                break;
+            }
         }
-        let unwritten = st.buffer.len();
-        let (gone, dropped) = (st.writer_gone, st.buffer.dropped());
+        let st = self.shared.state();
+        let (unwritten, dropped) = (st.buffer.len(), st.buffer.dropped());
         drop(st);
         if dropped > 0 {
             log::warn!(
                 "{dropped} bytes of guest console output were dropped: kiln's output was not read fast enough"
             );
         }
-        if gone {
-            if let Some(thread) = self.thread.take() {
-                let _ = thread.join();
-            }
-        } else if unwritten > 0 {
-            // The thread stays blocked on the peer; the process exits anyway.
+        if unwritten > 0 {
             log::warn!(
                 "{unwritten} bytes of guest console output were not written: nothing read kiln's output for {:?}",
                 idle_limit
@@ -348,127 +368,186 @@ impl ConsoleWriter {
         }
         unwritten
     }
-}
 
-impl Drop for ConsoleWriter {
-    /// Without `finish` (setup failed): let the thread write out and end.
-    fn drop(&mut self) {
+    /// Writes ready output until there is none, the peer takes no more,
+    /// or `budget` bytes went out.
+    fn pass(&mut self, budget: usize) -> PassEnd {
+        let mut done = 0usize;
+        loop {
+            let now = Instant::now();
+            let mut st = self.shared.state();
+            if st.failed {
+                return PassEnd::Failed;
+            }
+            if self.closing {
+                st.buffer.release_all();
+            }
+            let due = st.buffer.release_partial(now, PARTIAL_LINE_DELAY);
+            if st.buffer.ready() == 0 {
+                st.writer_waiting = true;
+                return PassEnd::Idle(due);
+            }
+            if done >= budget {
+                return PassEnd::Budget;
+            }
+            st.buffer.copy_ready(&mut self.chunk, WRITE_CHUNK);
+            drop(st);
+            let result = self.write_chunk();
+            match result {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.shared.state().blocked_since.get_or_insert(now);
+                    return PassEnd::Blocked;
+                }
+                Ok(n) => {
+                    self.record_written(n);
+                    done += n;
+                }
+                Err(e) => {
+                    self.record_failure(e);
+                    return PassEnd::Failed;
+                }
+            }
+        }
+    }
+
+    /// Writes `chunk`, or failing that its first line: a nearly full
+    /// pipe refuses a page but still merges a short write into its last
+    /// page, so it fills to within a line, as it would with blocking
+    /// writes of each line.
+    fn write_chunk(&mut self) -> io::Result<usize> {
+        let first_line = self.chunk.iter().position(|&b| b == b'\n').map(|i| i + 1);
+        match write_retrying(&mut *self.sink, &self.chunk) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => match first_line {
+                Some(n) if n < self.chunk.len() => write_retrying(&mut *self.sink, &self.chunk[..n]),
+                _ => Err(e),
+            },
+            other => other,
+        }
+    }
+
+    fn record_written(&self, n: usize) {
         let mut st = self.shared.state();
-        st.closing = true;
-        if st.writer_waiting {
-            st.writer_waiting = false;
-            self.shared.work.notify_one();
+        st.buffer.consume(n);
+        st.written += n as u64;
+        st.blocked_since = None;
+        st.stalled = false;
+        let room = st.guest_told_busy && !st.room_signalled && st.buffer.len() < HIGH_WATER;
+        st.room_signalled |= room;
+        drop(st);
+        if room {
+            // Only fails if the counter would overflow: it is non-zero then.
+            let _ = self.shared.event.write(1);
         }
     }
-}
 
-/// The console thread: writes ready output until closing and empty, or
-/// until the peer fails for good.
-fn run_writer(shared: &Shared, mut out: Box<dyn Write + Send>) {
-    let mut chunk = Vec::with_capacity(WRITE_CHUNK);
-    while next_chunk(shared, &mut chunk) {
-        let result = write_some(&mut *out, &chunk);
-        if !record_write(shared, result) {
-            break;
+    fn record_failure(&self, e: io::Error) {
+        let mut st = self.shared.state();
+        st.failed = true;
+        st.blocked_since = None;
+        st.buffer.clear();
+        let room = st.guest_told_busy && !st.room_signalled;
+        st.room_signalled |= room;
+        drop(st);
+        if room {
+            let _ = self.shared.event.write(1);
         }
+        log::warn!("guest console output stopped ({e}); later output is discarded");
     }
-    shared.state().writer_gone = true;
-    shared.progress.notify_all();
-}
 
-/// Waits for ready output and copies it into `chunk`; false when closing
-/// with nothing left.
-fn next_chunk(shared: &Shared, chunk: &mut Vec<u8>) -> bool {
-    let mut st = shared.state();
-    loop {
+    /// One pass from the event loop, then what to wait for: EPOLLOUT on
+    /// the sink only while it refuses output, the timer for a partial
+    /// line or an unwatched sink, the wake event for a budget spent.
+    fn run_pass(&mut self, ops: &mut EventOps) {
+        let end = self.pass(PASS_BUDGET);
         let now = Instant::now();
-        if st.closing {
-            st.buffer.release_all();
+        let mut watch = false;
+        let mut timer = None;
+        match end {
+            PassEnd::Idle(due) => timer = due.map(|d| d.saturating_duration_since(now)),
+            PassEnd::Blocked => watch = true,
+            PassEnd::Budget => {
+                // Level-triggered: the loop serves other events first.
+                let _ = self.shared.wake.write(1);
+            }
+            PassEnd::Failed => {}
         }
-        let due = st.buffer.release_partial(now, PARTIAL_LINE_DELAY);
-        if st.buffer.ready() > 0 {
-            st.buffer.copy_ready(chunk, WRITE_CHUNK);
-            st.writing_since = Some(now);
+        if watch && !self.watch(ops) {
+            timer = Some(UNWATCHED_RETRY);
+        }
+        if !watch {
+            self.unwatch(ops);
+        }
+        // Re-arming or disarming also clears the expiry count epoll sees.
+        let armed = match timer {
+            // A zero duration would disarm the timer.
+            Some(after) => self.timer.reset(after.max(Duration::from_micros(50)), None),
+            None => self.timer.clear(),
+        };
+        if let Err(e) = armed {
+            log::warn!("console output: cannot set the timer: {e}");
+        }
+    }
+
+    /// Watches the sink for EPOLLOUT; false if it cannot be watched.
+    fn watch(&mut self, ops: &mut EventOps) -> bool {
+        if self.watching.is_some() {
             return true;
         }
-        if st.closing {
+        let Some(fd) = self.sink.writable_fd().filter(|_| !self.unwatchable) else {
             return false;
-        }
-        st.writer_waiting = true;
-        st = match due {
-            Some(due) => shared
-                .work
-                .wait_timeout(st, due.saturating_duration_since(now))
-                .map_or_else(|poisoned| poisoned.into_inner().0, |(guard, _)| guard),
-            None => shared
-                .work
-                .wait(st)
-                .unwrap_or_else(|poisoned| poisoned.into_inner()),
         };
-        st.writer_waiting = false;
-    }
-}
-
-/// One write of `chunk` (or the part the peer takes), then a flush.
-/// Interrupted writes are retried; a description someone else made
-/// non-blocking is waited on with a growing sleep. Ok(n) has n > 0.
-fn write_some(out: &mut dyn Write, chunk: &[u8]) -> io::Result<usize> {
-    let n = retry(|| out.write(chunk))?;
-    if n == 0 {
-        return Err(io::ErrorKind::WriteZero.into());
-    }
-    retry(|| out.flush())?;
-    Ok(n)
-}
-
-fn retry<T>(mut op: impl FnMut() -> io::Result<T>) -> io::Result<T> {
-    let mut pause = Duration::from_millis(1);
-    loop {
-        match op() {
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                std::thread::sleep(pause);
-                pause = (pause * 2).min(Duration::from_millis(50));
+        match ops.add(Events::new_raw(fd, EventSet::OUT)) {
+            Ok(()) => {
+                self.watching = Some(fd);
+                true
             }
+            Err(e) => {
+                log::debug!("console output: cannot watch fd {fd}, retrying on a timer: {e}");
+                self.unwatchable = true;
+                false
+            }
+        }
+    }
+
+    fn unwatch(&mut self, ops: &mut EventOps) {
+        if let Some(fd) = self.watching.take() {
+            if let Err(e) = ops.remove(Events::new_raw(fd, EventSet::OUT)) {
+                log::debug!("console output: cannot stop watching fd {fd}: {e}");
+            }
+        }
+    }
+}
+
+/// One `try_write`, retried when interrupted; Ok(n) has n > 0.
+fn write_retrying(sink: &mut dyn ConsoleSink, data: &[u8]) -> io::Result<usize> {
+    loop {
+        match sink.try_write(data) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             other => return other,
         }
     }
 }
 
-/// Books a write's outcome; false when the peer is gone for good.
-fn record_write(shared: &Shared, result: io::Result<usize>) -> bool {
-    let mut st = shared.state();
-    st.writing_since = None;
-    let ok = match &result {
-        Ok(n) => {
-            st.buffer.consume(*n);
-            st.written += *n as u64;
-            st.stalled = false;
-            true
+impl MutEventSubscriber for ConsoleWriter {
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        if events.fd() == self.shared.wake.as_raw_fd() {
+            // Already zero is fine: EAGAIN on a non-blocking eventfd.
+            let _ = self.shared.wake.read();
         }
-        Err(_) => {
-            st.failed = true;
-            st.buffer.clear();
-            false
+        // The timer and the sink's EPOLLOUT (or ERR/HUP, which the write
+        // reports) need nothing but a pass; the pass resets the timer.
+        self.run_pass(ops);
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(&self.shared.wake, EventSet::IN)) {
+            log::error!("console output: cannot watch the wake event: {e}");
         }
-    };
-    let room = st.guest_told_busy && !st.room_signalled && (st.buffer.len() < HIGH_WATER || st.failed);
-    if room {
-        st.room_signalled = true;
+        if let Err(e) = ops.add(Events::new(&self.timer, EventSet::IN)) {
+            log::error!("console output: cannot watch the timer: {e}");
+        }
     }
-    let closing = st.closing;
-    drop(st);
-    if room {
-        // Only fails if the counter would overflow: it is non-zero then.
-        let _ = shared.event.write(1);
-    }
-    if closing {
-        shared.progress.notify_all();
-    }
-    if let Err(e) = result {
-        log::warn!("guest console output stopped ({e}); later output is discarded");
-    }
-    ok
 }
 
 #[cfg(test)]

@@ -1,11 +1,16 @@
-//! Tests of the console output and its thread, and host peers to test it
-//! with (shared with the UART's tests).
+//! Tests of the console output and its writer, host peers to test it
+//! with, and an event loop to run the writer in (shared with the UART's
+//! tests).
 
 use super::*;
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Condvar};
+use std::thread::JoinHandle;
+
+use event_manager::{EventManager, SubscriberOps};
 
 /// A peer that records what it takes and can be held shut, like a pipe
-/// nobody reads: `write` blocks while the gate is closed.
+/// nobody reads: `try_write` refuses output while the gate is closed.
 #[derive(Clone, Default)]
 pub struct GatedPeer {
     inner: Arc<(Mutex<GateState>, Condvar)>,
@@ -53,20 +58,79 @@ impl GatedPeer {
     }
 }
 
-impl Write for GatedPeer {
-    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        let (state, opened) = &*self.inner;
-        let mut st = lock(state);
-        while st.closed {
-            st = opened.wait(st).unwrap();
+impl ConsoleSink for GatedPeer {
+    fn try_write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let mut st = lock(&self.inner.0);
+        if st.closed {
+            return Err(io::ErrorKind::WouldBlock.into());
         }
         st.taken.extend_from_slice(data);
         st.writes.push(data.len());
         Ok(data.len())
     }
 
-    fn flush(&mut self) -> io::Result<()> {
+    fn writable_fd(&self) -> Option<RawFd> {
+        None
+    }
+
+    fn wait_writable(&mut self, timeout: Duration) -> io::Result<()> {
+        let (state, opened) = &*self.inner;
+        let st = lock(state);
+        if st.closed {
+            let _ = opened.wait_timeout(st, timeout);
+        }
         Ok(())
+    }
+}
+
+/// The writer run by an event loop of its own, as the VMM thread runs it.
+pub struct Pump {
+    writer: Arc<Mutex<ConsoleWriter>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Pump {
+    pub fn start(writer: ConsoleWriter) -> Self {
+        let writer = Arc::new(Mutex::new(writer));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (sub, flag) = (writer.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let mut em = EventManager::<Arc<Mutex<dyn MutEventSubscriber + Send>>>::new().unwrap();
+            em.add_subscriber(sub);
+            while !flag.load(Ordering::Relaxed) {
+                em.run_with_timeout(5).unwrap();
+            }
+        });
+        Self {
+            writer,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// The exit flush; the event loop keeps running after it.
+    pub fn close_and_wait(&self, idle_limit: Duration, limit: Duration) -> usize {
+        lock(&self.writer).close_and_wait(idle_limit, limit)
+    }
+
+    /// Stops the event loop, then the exit flush, as `run_vm` does.
+    pub fn finish(mut self) {
+        self.stop_loop();
+        lock(&self.writer).finish();
+    }
+
+    fn stop_loop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+    }
+}
+
+impl Drop for Pump {
+    fn drop(&mut self) {
+        self.stop_loop();
     }
 }
 
@@ -92,8 +156,9 @@ pub fn numbered_lines(count: usize, len: usize) -> Vec<u8> {
     out
 }
 
-fn output(peer: impl Write + Send + 'static) -> (ConsoleOutput, ConsoleWriter) {
-    console_output(Box::new(peer)).unwrap()
+fn output(peer: impl ConsoleSink + 'static) -> (ConsoleOutput, Pump) {
+    let (out, writer) = console_output(Box::new(peer)).unwrap();
+    (out, Pump::start(writer))
 }
 
 #[test]
@@ -116,8 +181,8 @@ struct Reluctant {
     taken: Arc<Mutex<Vec<u8>>>,
 }
 
-impl Write for Reluctant {
-    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+impl ConsoleSink for Reluctant {
+    fn try_write(&mut self, data: &[u8]) -> io::Result<usize> {
         self.calls += 1;
         match self.calls % 4 {
             1 => Err(io::ErrorKind::WouldBlock.into()),
@@ -130,7 +195,11 @@ impl Write for Reluctant {
         }
     }
 
-    fn flush(&mut self) -> io::Result<()> {
+    fn writable_fd(&self) -> Option<RawFd> {
+        None
+    }
+
+    fn wait_writable(&mut self, _: Duration) -> io::Result<()> {
         Ok(())
     }
 }
@@ -138,7 +207,7 @@ impl Write for Reluctant {
 #[test]
 fn partial_writes_eintr_and_eagain_lose_nothing() {
     let taken = Arc::new(Mutex::new(Vec::new()));
-    let (mut out, mut writer) = output(Reluctant {
+    let (mut out, writer) = output(Reluctant {
         calls: 0,
         taken: taken.clone(),
     });
@@ -157,7 +226,7 @@ fn partial_writes_eintr_and_eagain_lose_nothing() {
 #[test]
 fn a_peer_that_never_reads_blocks_nothing_and_excess_is_dropped_and_counted() {
     let peer = GatedPeer::closed();
-    let (mut out, mut writer) = output(peer.clone());
+    let (mut out, writer) = output(peer.clone());
     let text = numbered_lines(CAPACITY / 64 + 100, 64);
     let out = within(Duration::from_secs(30), move || {
         for line in text.chunks(64) {
@@ -178,18 +247,32 @@ fn a_peer_that_never_reads_blocks_nothing_and_excess_is_dropped_and_counted() {
     assert_eq!(peer.taken(), numbered_lines(CAPACITY / 64, 64));
 }
 
-/// A reader that takes 4 KiB every 10 ms.
-struct Slow(Arc<Mutex<Vec<u8>>>);
+/// A reader that takes 4 KiB every 10 ms, and refuses output between.
+struct Slow {
+    taken: Arc<Mutex<Vec<u8>>>,
+    next: Instant,
+}
 
-impl Write for Slow {
-    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        std::thread::sleep(Duration::from_millis(10));
+const SLOW_PERIOD: Duration = Duration::from_millis(10);
+
+impl ConsoleSink for Slow {
+    fn try_write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let now = Instant::now();
+        if now < self.next {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        self.next = now + SLOW_PERIOD;
         let n = data.len().min(4096);
-        lock(&self.0).extend_from_slice(&data[..n]);
+        lock(&self.taken).extend_from_slice(&data[..n]);
         Ok(n)
     }
 
-    fn flush(&mut self) -> io::Result<()> {
+    fn writable_fd(&self) -> Option<RawFd> {
+        None
+    }
+
+    fn wait_writable(&mut self, timeout: Duration) -> io::Result<()> {
+        std::thread::sleep(self.next.saturating_duration_since(Instant::now()).min(timeout));
         Ok(())
     }
 }
@@ -197,7 +280,10 @@ impl Write for Slow {
 #[test]
 fn exit_waits_for_a_slow_but_steady_reader() {
     let taken = Arc::new(Mutex::new(Vec::new()));
-    let (mut out, mut writer) = output(Slow(taken.clone()));
+    let (mut out, writer) = output(Slow {
+        taken: taken.clone(),
+        next: Instant::now(),
+    });
     let text = numbered_lines(1024, 64);
     out.write_all(&text).unwrap();
     // 64 KiB at 4 KiB per 10 ms: longer than the idle limit, never idle.
@@ -210,19 +296,23 @@ fn exit_waits_for_a_slow_but_steady_reader() {
 
 struct Closed;
 
-impl Write for Closed {
-    fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+impl ConsoleSink for Closed {
+    fn try_write(&mut self, _: &[u8]) -> io::Result<usize> {
         Err(io::ErrorKind::BrokenPipe.into())
     }
 
-    fn flush(&mut self) -> io::Result<()> {
+    fn writable_fd(&self) -> Option<RawFd> {
+        None
+    }
+
+    fn wait_writable(&mut self, _: Duration) -> io::Result<()> {
         Ok(())
     }
 }
 
 #[test]
 fn a_closed_peer_makes_output_vanish_without_holding_the_guest() {
-    let (mut out, mut writer) = output(Closed);
+    let (mut out, writer) = output(Closed);
     out.write_all(b"first line\n").unwrap();
     wait_until(|| out.shared.state().failed);
     out.write_all(&vec![b'x'; 2 * CAPACITY]).unwrap();
@@ -244,8 +334,8 @@ fn back_pressure_holds_while_the_peer_reads_and_ends_when_it_stalls() {
     out.write_all(&numbered_lines(1, 64)).unwrap();
     assert_eq!(out.transmitter(), Transmitter::Busy { first: true });
     assert_eq!(out.transmitter(), Transmitter::Busy { first: false });
-    // The console thread is inside a write the peer has not taken yet.
-    wait_until(|| out.shared.state().writing_since.is_some());
+    // The writer met a peer that refuses output.
+    wait_until(|| out.shared.state().blocked_since.is_some());
     let now = Instant::now();
     assert!(matches!(out.check_transmitter(now), TransmitCheck::Wait(d) if d <= STALL_TIMEOUT));
     assert_eq!(
@@ -321,4 +411,33 @@ fn the_room_event_fires_when_a_guest_told_busy_has_room() {
     assert_eq!(out.check_transmitter(Instant::now()), TransmitCheck::Resume);
     assert_eq!(out.check_transmitter(Instant::now()), TransmitCheck::Idle);
     writer.finish();
+}
+
+/// Bytes waiting in the pipe `fd`.
+fn queued(fd: RawFd) -> usize {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int.
+    assert_eq!(unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) }, 0);
+    n as usize
+}
+
+/// A one-page pipe nobody reads, holding a short line, refuses the next
+/// page-sized chunk; the writer still fills it to within a line, as
+/// blocking line-by-line writes would.
+#[test]
+fn a_pipe_nobody_reads_fills_to_within_a_line() {
+    let (reader, pipe) = std::io::pipe().unwrap();
+    // SAFETY: F_SETPIPE_SZ on a pipe we own.
+    assert_eq!(
+        unsafe { libc::fcntl(reader.as_raw_fd(), libc::F_SETPIPE_SZ, 4096) },
+        4096
+    );
+    let sink = super::super::host_output::HostOutput::new(std::os::fd::OwnedFd::from(pipe)).unwrap();
+    let (mut out, writer) = output(sink);
+    let line = numbered_lines(1, 42);
+    out.write_all(&line).unwrap();
+    wait_until(|| queued(reader.as_raw_fd()) == 42);
+    out.write_all(&numbered_lines(200, 42)).unwrap();
+    wait_until(|| queued(reader.as_raw_fd()) > 4096 - 42);
+    drop(writer);
 }

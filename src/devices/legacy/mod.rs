@@ -2,6 +2,7 @@
 
 pub mod acpi_pm;
 pub mod console_output;
+pub mod host_output;
 pub mod i8042;
 pub mod output_buffer;
 pub mod pvpanic;

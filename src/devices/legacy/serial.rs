@@ -356,23 +356,24 @@ mod tests {
     use super::*;
     use std::io::Write;
 
-    use crate::devices::legacy::console_output::tests::{numbered_lines, within, GatedPeer};
+    use crate::devices::legacy::console_output::tests::{numbered_lines, within, GatedPeer, Pump};
     use crate::devices::legacy::console_output::{
-        console_output, ConsoleWriter, CAPACITY, HIGH_WATER, STALL_TIMEOUT,
+        console_output, ConsoleSink, CAPACITY, HIGH_WATER, STALL_TIMEOUT,
     };
+    use crate::devices::legacy::host_output::HostOutput;
 
     const IIR_OFFSET: u64 = 2;
     const IER_THRE: u8 = 0x02;
     const IIR_THRE: u8 = 0x02;
 
-    fn device_with(peer: impl Write + Send + 'static) -> (SerialDevice, EventFd, EventFd, ConsoleWriter) {
+    fn device_with(peer: impl ConsoleSink + 'static) -> (SerialDevice, EventFd, EventFd, Pump) {
         let irq = EventFd::new(EFD_NONBLOCK).unwrap();
         let (out, writer) = console_output(Box::new(peer)).unwrap();
         let (dev, drained) = SerialDevice::new(irq.try_clone().unwrap(), out).unwrap();
-        (dev, irq, drained, writer)
+        (dev, irq, drained, Pump::start(writer))
     }
 
-    fn device() -> (SerialDevice, EventFd, EventFd, GatedPeer, ConsoleWriter) {
+    fn device() -> (SerialDevice, EventFd, EventFd, GatedPeer, Pump) {
         let peer = GatedPeer::default();
         let (dev, irq, drained, writer) = device_with(peer.clone());
         (dev, irq, drained, peer, writer)
@@ -546,6 +547,7 @@ mod tests {
     #[test]
     fn a_driver_that_honours_busy_loses_nothing_to_a_slow_reader() {
         let (mut reader, pipe) = std::io::pipe().unwrap();
+        let pipe = HostOutput::new(std::os::fd::OwnedFd::from(pipe)).unwrap();
         let (dev, _irq, _d, writer) = device_with(pipe);
         let want = numbered_lines(1024, 4096);
         let read = std::thread::spawn(move || {
