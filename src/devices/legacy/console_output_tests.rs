@@ -165,8 +165,12 @@ fn output(peer: impl ConsoleSink + 'static) -> (ConsoleOutput, Pump) {
 fn lines_go_out_whole_and_a_prompt_after_the_partial_line_delay() {
     let peer = GatedPeer::default();
     let (mut out, writer) = output(peer.clone());
+    // In two steps, so a slow scheduler cannot merge the line and the
+    // prompt into one write after the delay.
+    out.write_all(b"hello\n").unwrap();
+    peer.wait_for(6);
     let start = Instant::now();
-    out.write_all(b"hello\n# ").unwrap();
+    out.write_all(b"# ").unwrap();
     peer.wait_for(8);
     assert!(start.elapsed() >= PARTIAL_LINE_DELAY);
     assert_eq!(peer.writes(), vec![6, 2], "the line, then the prompt");
