@@ -5,13 +5,15 @@
 #
 # Environment: KILN (binary), KERNEL (vmlinux, PVH), BZIMAGE, INITRD,
 # ROOTFS (ext4 root image holding the scripts of tests/e2e/guest under
-# /kiln/run), and optionally OUT (per-scenario logs, default /out),
+# /kiln/run), DISTRO_KERNEL and DISTRO_INITRD (a distribution's bzImage and
+# an initramfs with its virtio modules listed in /etc/kiln/modules, for
+# distro-kernel), and optionally OUT (per-scenario logs, default /out),
 # SCRATCH (where disk images are made: a tmpfs or ext4, default /tmp) and
 # ONLY (space-separated scenario names to run). Needs mkfs.ext4, e2fsck
-# and debugfs for the disk scenarios; the net-* scenarios need root (or
-# unprivileged user namespaces), the bridge and tun modules, and busybox's
-# unshare, ip, tunctl, brctl and httpd. They run in a private network
-# namespace (the suite reruns itself there).
+# and debugfs for the disk scenarios; the net-* and distro-kernel scenarios
+# need root (or unprivileged user namespaces), the bridge and tun modules,
+# and busybox's unshare, ip, tunctl, brctl and httpd. They run in a private
+# network namespace (the suite reruns itself there).
 # Prints one line per scenario: E2E-RESULT <name> PASS|FAIL <detail>
 # and E2E-TIME <name> <seconds to KILN-GUEST-READY> <seconds total>.
 
@@ -201,7 +203,7 @@ fi
 # one tap per guest, busybox httpd on the bridge address. All of it lives in
 # a private network namespace, so a direct run never touches the host's
 # network: the suite reruns itself there for the net-* scenarios.
-NET_SCENARIOS="net-ping-http net-acpi-only net-two-guests net-absent"
+NET_SCENARIOS="net-ping-http net-acpi-only net-two-guests net-absent distro-kernel"
 net_wanted() { for n in $NET_SCENARIOS; do wanted "$n" && return 0; done; return 1; }
 if [ -z "${KILN_E2E_NETNS:-}" ] && net_wanted; then
   only=; for n in $NET_SCENARIOS; do wanted "$n" && only="$only $n"; done
@@ -311,6 +313,43 @@ EOF
       *" lo "*) pass net-absent "no eth0; interfaces: $(echo $ifaces)" ;;
       *) fail net-absent "interface list without lo: $ifaces" ;;
     esac; fi
+  fi
+  # 13. A distribution's kernel (Debian cloud, as users bring their own):
+  #     virtio_mmio, virtio_blk and virtio_net are modules that /init loads,
+  #     virtio_mmio has no device= parameter, so the disk and the card are
+  #     found through ACPI alone. A raw disk is read and written (checked
+  #     here after kiln exits) and eth0 pings the bridge.
+  if wanted distro-kernel; then
+    n=distro-kernel
+    img=$SCRATCH/distro-disk.raw
+    rm -f "$img"
+    yes KILN-DISTRO-DISK | head -c 1048576 >"$img" && truncate -s 4M "$img"
+    want_read=$(yes KILN-DISTRO-DISK | head -c 1048576 | sha256sum | cut -d' ' -f1)
+    want_write=$(yes KILN-DISTRO-WRITE | head -c 1048576 | sha256sum | cut -d' ' -f1)
+    if [ -n "$net_err" ]; then fail $n "$net_err"
+    elif [ ! -f "${DISTRO_KERNEL:-}" ] || [ ! -f "${DISTRO_INITRD:-}" ]; then
+      echo "E2E-RESULT $n FAIL DISTRO_KERNEL/DISTRO_INITRD not given (the distribution kernel and its initramfs)"
+    else
+      run_kiln $n --kernel "$DISTRO_KERNEL" --initrd "$DISTRO_INITRD" --memory 256 \
+        --disk "path=$img" --net tap=ktap0 --cmdline "$BASE kiln.run=distro-kernel $(ip_arg 2)"
+      dline() { sed -n "s/^[0-9.]* $1 //p" "$OUT/$n.log" | tr -d '\r' | head -n 1; }
+      ping_l=$(dline KILN-NET-PING)
+      got_read=$(head -c 1048576 "$img" | sha256sum | cut -d' ' -f1)
+      got_write=$(dd if="$img" bs=65536 skip=16 count=16 2>/dev/null | sha256sum | cut -d' ' -f1)
+      if [ "$status" != 0 ]; then fail $n "status=$status"
+      elif ! has $n KILN-GUEST-READY; then fail $n "the kernel did not reach /init"
+      elif has $n 'KILN-CMDLINE .*virtio_mmio.device='; then fail $n "devices were on the command line"
+      elif has $n 'KILN-ERROR'; then fail $n "$(dline KILN-ERROR)"
+      elif ! has $n 'KILN-MODULES [1-9]'; then fail $n "/init loaded no modules"
+      elif [ "$(dline KILN-DISK-READ)" != "$want_read" ]; then fail $n "guest read '$(dline KILN-DISK-READ)' from /dev/vda, want $want_read"
+      elif [ "$(dline KILN-DISK-WROTE)" != "0 $want_write" ]; then fail $n "guest write: '$(dline KILN-DISK-WROTE)'"
+      elif [ "$got_write" != "$want_write" ] || [ "$got_read" != "$want_read" ]; then
+        fail $n "image after exit: first MiB $got_read (want $want_read), second $got_write (want $want_write)"
+      elif ! has $n 'KILN-NET-UP eth0'; then fail $n "no eth0 in the guest: $(dline KILN-NET-IFACES)"
+      elif [ "${ping_l%% *}" != 0 ]; then fail $n "ping $NET.1 failed: $ping_l"
+      else pass $n "$(dline KILN-DISTRO-UNAME) reached /init in ${ready}s; $(dline KILN-MODULES) modules; disk read and write intact via ACPI; ping ${ping_l#0 }"; fi
+    fi
+    rm -f "$img"
   fi
   kill "$httpd_pid" 2>/dev/null
   exit 0
