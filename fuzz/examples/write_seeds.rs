@@ -13,7 +13,7 @@ use std::fmt::Debug;
 use std::path::Path;
 
 use kiln::devices::virtio::block::request_type::{GET_ID, IN, OUT};
-use kiln::devices::virtio::features::VIRTIO_F_VERSION_1;
+use kiln::devices::virtio::features::{VIRTIO_F_INDIRECT_DESC, VIRTIO_F_RING_EVENT_IDX, VIRTIO_F_VERSION_1};
 use kiln::devices::virtio::VirtioDevice;
 use kiln_fuzz::encode::{encode_rest, Encode};
 use kiln_fuzz::mmio_input::{self as mmio, reg, Init};
@@ -555,4 +555,234 @@ fn main() {
     queue_seeds();
     loader_seeds();
     disk_spec_seeds();
+    net_seeds();
+}
+
+/// Writes one whole input of a target read with `arbitrary_take_rest`.
+fn write_input<T>(target: &str, name: &str, input: &T)
+where
+    T: Encode + for<'a> Arbitrary<'a> + PartialEq + Debug,
+{
+    let mut bytes = Vec::new();
+    input.encode(&mut bytes);
+    let decoded = T::arbitrary_take_rest(Unstructured::new(&bytes)).unwrap();
+    assert_eq!(&decoded, input, "{target}/{name} does not read back");
+    write(target, name, &bytes);
+}
+
+/// A virtio-net header: flags, gso_type, hdr_len, gso_size, csum_start,
+/// csum_offset (num_buffers 0).
+fn net_header(flags: u8, gso_type: u8, hdr_len: u16, gso_size: u16, start: u16, offset: u16) -> [u8; 12] {
+    let mut h = [0u8; 12];
+    h[0] = flags;
+    h[1] = gso_type;
+    for (at, v) in [(2, hdr_len), (4, gso_size), (6, start), (8, offset)] {
+        h[at..at + 2].copy_from_slice(&v.to_le_bytes());
+    }
+    h
+}
+
+fn net_seeds() {
+    use kiln::devices::virtio::net::features::*;
+    use kiln_fuzz::net_input::{NetInput, NetOp, DATA_START, INDIRECT_START};
+
+    // Data-area offsets (descriptor `addr` fields are taken from DATA_START).
+    let data = |addr: u64| (addr - DATA_START) as u32;
+    let indirect = |addr: u64| (addr - INDIRECT_START) as u32;
+    let bits = |list: &[u32]| list.iter().fold(0u64, |acc, &b| acc | 1 << b);
+    let plain = bits(&[VIRTIO_F_VERSION_1, VIRTIO_NET_F_MAC, VIRTIO_NET_F_MTU]);
+    let offloads = bits(&[
+        VIRTIO_NET_F_CSUM,
+        VIRTIO_NET_F_HOST_TSO4,
+        VIRTIO_NET_F_HOST_TSO6,
+        VIRTIO_NET_F_GUEST_CSUM,
+        VIRTIO_NET_F_GUEST_TSO4,
+        VIRTIO_NET_F_GUEST_TSO6,
+        VIRTIO_NET_F_MRG_RXBUF,
+    ]);
+    let header_at = |addr: u64, header: [u8; 12]| {
+        let mut bytes = [0u8; 16];
+        bytes[..12].copy_from_slice(&header);
+        NetOp::WriteMem {
+            addr: data(addr),
+            bytes,
+        }
+    };
+    let desc = |tx, index, addr: u64, len, flags, next| NetOp::Desc {
+        tx,
+        index,
+        addr: data(addr),
+        len,
+        flags,
+        next,
+    };
+
+    // One plain frame out: header and frame in two descriptors.
+    let tx_frame = |frame_at: u64| {
+        vec![
+            header_at(0x9000, [0; 12]),
+            NetOp::Fill {
+                addr: data(frame_at),
+                len: 60,
+                byte: 0x5a,
+            },
+            desc(true, 0, 0x9000, 12, VIRTQ_DESC_F_NEXT, 1),
+            desc(true, 1, frame_at, 60, 0, 0),
+            NetOp::Offer { tx: true, head: 0 },
+            NetOp::Kick { tx: true },
+            NetOp::HostDrain,
+        ]
+    };
+    write_input(
+        "net_device",
+        "tx-frame",
+        &NetInput {
+            features: plain,
+            rx_size_log2: 2,
+            tx_size_log2: 2,
+            ops: tx_frame(0xa000),
+        },
+    );
+
+    // One frame in, into a buffer straddling the region boundary.
+    let rx_frame = vec![
+        desc(false, 0, 0xff00, 2048, VIRTQ_DESC_F_WRITE, 0),
+        NetOp::Offer { tx: false, head: 0 },
+        NetOp::Kick { tx: false },
+        NetOp::HostSend {
+            header: [0; 12],
+            len: 100,
+            seed: 1,
+        },
+        NetOp::HostEvent { ready: 1 },
+    ];
+    write_input(
+        "net_device",
+        "rx-frame",
+        &NetInput {
+            features: plain,
+            rx_size_log2: 4,
+            tx_size_log2: 4,
+            ops: rx_frame,
+        },
+    );
+
+    // Mergeable buffers: a 4000-byte TSO frame over the four 1 KiB chains
+    // of a full ring.
+    let mut merge = Vec::new();
+    for (i, addr) in [0xc000u64, 0xc400, 0xc800, 0xcc00].into_iter().enumerate() {
+        merge.push(desc(false, i as u16, addr, 1024, VIRTQ_DESC_F_WRITE, 0));
+        merge.push(NetOp::Offer {
+            tx: false,
+            head: i as u16,
+        });
+    }
+    merge.extend([
+        NetOp::Kick { tx: false },
+        NetOp::HostSend {
+            header: net_header(1, 1, 54, 1448, 34, 16),
+            len: 4000,
+            seed: 7,
+        },
+        NetOp::HostEvent { ready: 1 },
+        NetOp::Kick { tx: false },
+    ]);
+    write_input(
+        "net_device",
+        "rx-mergeable",
+        &NetInput {
+            features: offloads,
+            rx_size_log2: 2,
+            tx_size_log2: 2,
+            ops: merge,
+        },
+    );
+
+    // TSO frames until the backend is full, then drained and writable.
+    let mut tso = vec![
+        header_at(0x9000, net_header(1, 1, 54, 1448, 34, 16)),
+        NetOp::Fill {
+            addr: data(0xa000),
+            len: 60_000,
+            byte: 0x45,
+        },
+        desc(true, 0, 0x9000, 12, VIRTQ_DESC_F_NEXT, 1),
+        desc(true, 1, 0xa000, 60_000, 0, 0),
+    ];
+    for _ in 0..16 {
+        tso.push(NetOp::Offer { tx: true, head: 0 });
+    }
+    tso.extend([
+        NetOp::Kick { tx: true },
+        NetOp::Kick { tx: true },
+        NetOp::HostDrain,
+        NetOp::HostEvent { ready: 2 },
+        NetOp::HostDrain,
+    ]);
+    write_input(
+        "net_device",
+        "tx-tso-backend-full",
+        &NetInput {
+            features: offloads | bits(&[VIRTIO_F_RING_EVENT_IDX]),
+            rx_size_log2: 4,
+            tx_size_log2: 4,
+            ops: tso,
+        },
+    );
+
+    // An indirect transmit chain, then a reset to other features, a frame
+    // from the host and the backend hanging up.
+    let mut indirect_ops = vec![
+        header_at(0x9000, [0; 12]),
+        NetOp::Indirect {
+            index: 0,
+            addr: data(0x9000),
+            len: 12,
+            flags: VIRTQ_DESC_F_NEXT,
+            next: 1,
+        },
+        NetOp::Indirect {
+            index: 1,
+            addr: data(0xa000),
+            len: 200,
+            flags: 0,
+            next: 0,
+        },
+        NetOp::Desc {
+            tx: true,
+            index: 3,
+            addr: indirect(INDIRECT_START),
+            len: 32,
+            flags: VIRTQ_DESC_F_INDIRECT,
+            next: 0,
+        },
+        NetOp::Offer { tx: true, head: 3 },
+        NetOp::Kick { tx: true },
+        NetOp::HostDrain,
+        NetOp::Reset {
+            features: u64::MAX,
+            rx_size_log2: 8,
+            tx_size_log2: 2,
+        },
+    ];
+    indirect_ops.extend(tx_frame(0xffe0));
+    indirect_ops.extend([
+        NetOp::HostSend {
+            header: [0; 12],
+            len: 60,
+            seed: 3,
+        },
+        NetOp::HostEvent { ready: 4 },
+        NetOp::Kick { tx: false },
+    ]);
+    write_input(
+        "net_device",
+        "indirect-reset-hangup",
+        &NetInput {
+            features: plain | bits(&[VIRTIO_F_INDIRECT_DESC]),
+            rx_size_log2: 2,
+            tx_size_log2: 2,
+            ops: indirect_ops,
+        },
+    );
 }

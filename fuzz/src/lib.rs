@@ -5,6 +5,7 @@
 
 pub mod encode;
 pub mod mmio_input;
+pub mod net_input;
 pub mod queue_input;
 
 use std::path::Path;
