@@ -81,32 +81,12 @@ print:
 
 #[test]
 fn rep_insb_reads_every_byte() {
-    use std::io::Write;
     let dir = scratch("insb");
     let guest = assemble(&dir, "insb", INSB_GUEST);
-    let mut child = std::process::Command::new(common::kiln())
-        .args(["boot", "--kernel", guest.to_str().unwrap(), "--memory", "64"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
     // One write: the UART gets all 5 bytes before the guest sees any.
-    child.stdin.take().unwrap().write_all(b"kiln\n").unwrap();
-    let pid = child.id() as i32;
-    std::thread::spawn(move || {
-        std::thread::sleep(TIMEOUT);
-        // SAFETY: kill(2); at worst the pid is already gone.
-        unsafe { libc::kill(pid, libc::SIGKILL) };
-    });
-    let out = child.wait_with_output().unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "sssskiln\n");
+    let out = common::boot_with_input(&guest, &[], Some(b"kiln\n"));
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(out.stdout, "sssskiln\n");
 }
 
 #[test]
@@ -437,39 +417,15 @@ wait:
 
 #[test]
 fn host_input_reaches_the_guest_without_loss() {
-    use std::io::Write;
     let dir = scratch("echo");
     let guest = assemble(&dir, "echo", ECHO_GUEST);
-    let mut child = std::process::Command::new(common::kiln())
-        .args(["boot", "--kernel", guest.to_str().unwrap(), "--memory", "64"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    // More than the UART's 64-byte FIFO at once: the rest must wait, not drop.
+    // More than the UART's 64-byte FIFO at once: the rest must wait, not
+    // drop. A lost byte would leave the guest waiting for its newline until
+    // the deadline.
     let text = "the quick brown fox jumps over the lazy dog ".repeat(8);
-    let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(text.as_bytes()).unwrap();
-    stdin.write_all(b"\n").unwrap();
-    // A lost byte would leave the guest waiting forever: bound the wait.
-    let pid = child.id() as i32;
-    std::thread::spawn(move || {
-        std::thread::sleep(TIMEOUT);
-        // SAFETY: kill(2); at worst the pid is already gone.
-        unsafe { libc::kill(pid, libc::SIGKILL) };
-    });
-    let out = child.wait_with_output().unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
-        format!("{}\n", text.to_uppercase())
-    );
+    let out = common::boot_with_input(&guest, &[], Some(format!("{text}\n").as_bytes()));
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(out.stdout, format!("{}\n", text.to_uppercase()));
 }
 
 #[test]

@@ -64,16 +64,32 @@ pub struct Outcome {
 
 /// Runs kiln with `args` and no stdin, killing it after `timeout`.
 pub fn run_kiln(args: &[&str], timeout: Duration) -> Outcome {
+    run_kiln_with_input(args, None, timeout)
+}
+
+/// Runs kiln with `args`, writing `input` (in one write, then EOF) to its
+/// stdin, or giving it none; fails the test if it runs past `timeout`.
+pub fn run_kiln_with_input(args: &[&str], input: Option<&[u8]>, timeout: Duration) -> Outcome {
+    use std::io::Write;
     let start = Instant::now();
-    let mut child = Command::new(kiln())
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn kiln");
-    let mut out = child.stdout.take().expect("stdout");
-    let mut err = child.stderr.take().expect("stderr");
+    let mut child = KillOnDrop(
+        Command::new(kiln())
+            .args(args)
+            .stdin(if input.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn kiln"),
+    );
+    if let (Some(input), Some(mut stdin)) = (input, child.0.stdin.take()) {
+        stdin.write_all(input).expect("write kiln's stdin");
+    }
+    let mut out = child.0.stdout.take().expect("stdout");
+    let mut err = child.0.stderr.take().expect("stderr");
     let out_reader = std::thread::spawn(move || {
         let mut s = String::new();
         let _ = out.read_to_string(&mut s);
@@ -84,17 +100,9 @@ pub fn run_kiln(args: &[&str], timeout: Duration) -> Outcome {
         let _ = err.read_to_string(&mut s);
         s
     });
-    let code = loop {
-        if let Some(status) = child.try_wait().expect("wait for kiln") {
-            break status.code();
-        }
-        if start.elapsed() > timeout {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("kiln {args:?} did not finish within {timeout:?}");
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    };
+    let code = wait_or_kill(&mut child.0, timeout)
+        .unwrap_or_else(|| panic!("kiln {args:?} did not finish within {timeout:?}"))
+        .code();
     Outcome {
         code,
         stdout: out_reader.join().unwrap_or_default(),
@@ -120,6 +128,11 @@ pub const RESET: &str = "    mov $0xfe, %al\n    out %al, $0x64\n    hlt\n";
 
 /// Boots `guest` with 64 MiB plus `extra` flags, with a 20 s deadline.
 pub fn boot(guest: &Path, extra: &[&str]) -> Outcome {
+    boot_with_input(guest, extra, None)
+}
+
+/// [`boot`], with `input` written to kiln's stdin (then EOF).
+pub fn boot_with_input(guest: &Path, extra: &[&str], input: Option<&[u8]>) -> Outcome {
     let mut args = vec![
         "boot",
         "--kernel",
@@ -128,7 +141,7 @@ pub fn boot(guest: &Path, extra: &[&str]) -> Outcome {
         "64",
     ];
     args.extend_from_slice(extra);
-    run_kiln(&args, Duration::from_secs(20))
+    run_kiln_with_input(&args, input, Duration::from_secs(20))
 }
 
 /// Starts the application processors at `ap32` in 32-bit protected mode
@@ -180,17 +193,8 @@ ap_end:
 /// kiln running a guest in the background, its console on a pipe; killed
 /// if the test ends (or fails) before it exits.
 pub struct Running {
-    pub child: std::process::Child,
+    pub child: KillOnDrop,
     lines: std::sync::mpsc::Receiver<String>,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
 }
 
 /// Starts `kiln boot` with `args` after `--kernel guest --memory 64`.
@@ -219,7 +223,10 @@ pub fn spawn(guest: &Path, args: &[&str]) -> Running {
             }
         }
     });
-    Running { child, lines }
+    Running {
+        child: KillOnDrop(child),
+        lines,
+    }
 }
 
 impl Running {
@@ -232,21 +239,11 @@ impl Running {
     /// code, or `None` (after killing it) if it took longer than `limit`.
     pub fn terminate(mut self, limit: Duration) -> (Option<(Duration, Option<i32>)>, String) {
         // SAFETY: kill(2) on our own child, which has not been reaped.
-        assert_eq!(unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) }, 0);
+        assert_eq!(unsafe { libc::kill(self.child.0.id() as i32, libc::SIGTERM) }, 0);
         let start = Instant::now();
-        let outcome = loop {
-            if let Some(status) = self.child.try_wait().expect("wait for kiln") {
-                break Some((start.elapsed(), status.code()));
-            }
-            if start.elapsed() > limit {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                break None;
-            }
-            std::thread::sleep(Duration::from_micros(500));
-        };
+        let outcome = wait_or_kill(&mut self.child.0, limit).map(|status| (start.elapsed(), status.code()));
         let mut stderr = String::new();
-        if let Some(mut err) = self.child.stderr.take() {
+        if let Some(mut err) = self.child.0.stderr.take() {
             let _ = err.read_to_string(&mut stderr);
         }
         (outcome, stderr)
@@ -264,7 +261,7 @@ impl Drop for KillOnDrop {
 }
 
 /// Waits up to `limit` for `child` to exit; kills it (and returns None)
-/// if it does not.
+/// if it does not. Polls every 0.5 ms, fine enough to time an exit.
 pub fn wait_or_kill(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
     let start = Instant::now();
     loop {
@@ -276,7 +273,7 @@ pub fn wait_or_kill(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
             let _ = child.wait();
             return None;
         }
-        std::thread::sleep(Duration::from_millis(5));
+        std::thread::sleep(Duration::from_micros(500));
     }
 }
 
