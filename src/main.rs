@@ -25,6 +25,10 @@ enum Command {
     /// kiln exits when the guest powers off or reboots (status 0), or with a
     /// non-zero status and one line on stderr if the guest crashes.
     Boot(BootArgs),
+    /// Build the default guest if needed and print its files as KEY=PATH
+    /// lines (KERNEL=, BZIMAGE=, INITRD=), so they can be prepared ahead
+    /// (an image build step, a cache) and copied to another host.
+    Guest,
 }
 
 #[derive(Args)]
@@ -129,6 +133,15 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
+        Command::Guest => match kiln::default_guest::ensure() {
+            Ok(guest) => {
+                println!("KERNEL={}", guest.kernel.display());
+                println!("BZIMAGE={}", guest.bzimage.display());
+                println!("INITRD={}", guest.initrd.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(1, e),
+        },
         Command::Boot(mut args) => {
             let kernel = match args.kernel.take() {
                 Some(k) => k,
