@@ -82,7 +82,7 @@ fn source(conn: &Conn) -> Result<(), String> {
         if let Err(e) = conn.write_all(&block) {
             // The peer closing is how a source connection ends.
             return match e.raw_os_error() {
-                Some(libc::EPIPE | libc::ECONNRESET) => Ok(()),
+                Some(libc::EPIPE | libc::ECONNRESET | libc::ENOTCONN) => Ok(()),
                 _ => Err(format!("source: write: {e}")),
             };
         }
