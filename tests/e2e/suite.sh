@@ -7,7 +7,9 @@
 # ROOTFS (ext4 root image holding the scripts of tests/e2e/guest under
 # /kiln/run), DISTRO_KERNEL and DISTRO_INITRD (a distribution's bzImage and
 # an initramfs with its virtio modules listed in /etc/kiln/modules, for
-# distro-kernel), and optionally OUT (per-scenario logs, default /out),
+# distro-kernel), VSOCK_PROBE (tests/e2e/vsock-probe, static; also in the
+# guests as /usr/bin/vsock-probe) for the vsock-* scenarios and
+# distro-kernel, and optionally OUT (per-scenario logs, default /out),
 # SCRATCH (where disk images are made: a tmpfs or ext4, default /tmp) and
 # ONLY (space-separated scenario names to run). Needs mkfs.ext4, e2fsck
 # and debugfs for the disk scenarios; the net-* and distro-kernel scenarios
@@ -234,7 +236,7 @@ if vsock_wanted; then
   fi
   if [ -n "$kpid" ] && wait_for $n KILN-VSOCK-READY "$GUEST_TIMEOUT"; then
     vsock_err=
-    "$P" gen 64M --seed 1 | "$P" stream "hybrid:$sock:5002" >/dev/null 2>"$OUT/vsock.h2g.err"
+    "$P" gen 64M --seed 1 | "$P" stream "hybrid:$sock:5002" --timeout 60 >/dev/null 2>"$OUT/vsock.h2g.err"
     h2g_rc=$?
     echo100=$("$P" echo-many "hybrid:$sock:5001" 100 --timeout 60 2>&1)
     echo100="$? $echo100"
@@ -243,7 +245,7 @@ if vsock_wanted; then
     stall=$("$P" stall-check "hybrid:$sock:5003" "hybrid:$sock:5001" --stall 3 --timeout 60 2>&1)
     stall="$? $stall"
     # Done: the guest reports and powers off.
-    "$P" stream "hybrid:$sock:5009" </dev/null >/dev/null 2>&1
+    "$P" stream "hybrid:$sock:5009" --timeout 60 </dev/null >/dev/null 2>&1
   elif [ -n "$kpid" ]; then
     kill "$kpid" 2>/dev/null # timeout passes the TERM on to kiln
   fi

@@ -5,7 +5,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::serve::{pattern_block, read_to_end, source_block};
-use crate::sock::{Addr, Conn, ConnectError};
+use crate::sock::{io_error, Addr, Conn, ConnectError};
 
 /// Connects, retrying a refused connection (no socket yet, or nothing
 /// listening yet) until `retry` has passed.
@@ -33,10 +33,10 @@ pub fn echo_once(conn: &Conn, data: &[u8], timeout: Duration) -> Result<(), Stri
             .spawn_scoped(s, || {
                 conn.write_all(data)
                     .and_then(|()| conn.shutdown_write())
-                    .map_err(|e| format!("send: {e}"))
+                    .map_err(|e| format!("send: {}", io_error(&e)))
             })
             .map_err(|e| format!("cannot start a thread: {e}"))?;
-        let got = read_to_end(conn, data.len()).map_err(|e| format!("read the echo: {e}"));
+        let got = read_to_end(conn, data.len()).map_err(|e| format!("read the echo: {}", io_error(&e)));
         writer
             .join()
             .unwrap_or_else(|_| Err("writer thread died".into()))?;
@@ -131,7 +131,7 @@ pub fn stall_check(
     let mut got = vec![0u8; 1 << 20];
     stalled
         .read_exact(&mut got)
-        .map_err(|e| format!("the stalled connection, read at last: {e}"))?;
+        .map_err(|e| format!("the stalled connection, read at last: {}", io_error(&e)))?;
     if let Some(at) = got.iter().zip(block.iter().cycle()).position(|(a, b)| a != b) {
         return Err(format!(
             "the stalled connection's data differs from the source pattern at byte {at}"

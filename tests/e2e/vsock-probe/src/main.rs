@@ -29,9 +29,10 @@ Sizes take K, M or G (binary) suffixes. Times are seconds.
       EOF, answer '<bytes>\\n'), source (send the first 64K of the seed-0
       pattern over and over until the peer leaves), stdio (one connection: like stream). --ready FILE is
       created once the socket listens.
-  stream ADDR [--retry SECS]
+  stream ADDR [--retry SECS] [--timeout SECS]
       stdin to the connection (then shutdown(SHUT_WR)), the connection to
-      stdout until the peer's EOF. --retry: retry while refused.
+      stdout until the peer's EOF. --retry: retry while refused; --timeout:
+      fail when the connection makes no progress for that long.
   echo-many ADDR N [--bytes SIZE] [--timeout SECS] [--retry SECS]
       open N connections at once, each sends its own pattern (default 16K)
       to an echo listener and checks what comes back.
@@ -61,6 +62,7 @@ enum Cmd {
     Stream {
         addr: Addr,
         retry: Duration,
+        timeout: Option<Duration>,
     },
     EchoMany {
         addr: Addr,
@@ -165,7 +167,7 @@ fn parse(argv: &[String]) -> Result<Cmd, String> {
     let allowed: &[&str] = match cmd.as_str() {
         "-h" | "--help" | "help" => return Ok(Cmd::Help),
         "listen" => &["count", "ready"],
-        "stream" => &["retry"],
+        "stream" => &["retry", "timeout"],
         "echo-many" => &["bytes", "timeout", "retry"],
         "stall-check" => &["bytes", "stall", "timeout"],
         "expect-refused" => &["within"],
@@ -223,6 +225,10 @@ fn parse(argv: &[String]) -> Result<Cmd, String> {
             Cmd::Stream {
                 addr: Addr::parse_connect(pos[0])?,
                 retry: secs("retry", 0.0)?,
+                timeout: opts
+                    .get("timeout")
+                    .map(|v| parse_secs("--timeout", v))
+                    .transpose()?,
             }
         }
         "echo-many" => {
@@ -341,8 +347,10 @@ fn run(cmd: Cmd) -> Result<(), String> {
             count,
             ready,
         } => listen(&addr, mode, count, ready.as_ref()),
-        Cmd::Stream { addr, retry } => {
-            let conn = checks::connect_retrying(&addr, DEFAULT_TIMEOUT, retry)?;
+        Cmd::Stream { addr, retry, timeout } => {
+            let conn = checks::connect_retrying(&addr, timeout.unwrap_or(DEFAULT_TIMEOUT), retry)?;
+            conn.set_timeout(timeout)
+                .map_err(|e| format!("set timeout: {e}"))?;
             serve::pump_stdio(&conn)
         }
         Cmd::EchoMany {

@@ -4,7 +4,7 @@
 use std::io::{self, Read, Write};
 use std::thread;
 
-use crate::sock::Conn;
+use crate::sock::{io_error, Conn};
 
 const CHUNK: usize = 64 * 1024;
 
@@ -95,7 +95,7 @@ pub fn pump_stdio(conn: &Conn) -> Result<(), String> {
     thread::scope(|s| {
         let up = s.spawn(|| -> Result<u64, String> {
             let n = io::copy(&mut io::stdin().lock(), &mut &*conn)
-                .map_err(|e| format!("stdin to the connection: {e}"))?;
+                .map_err(|e| format!("stdin to the connection: {}", io_error(&e)))?;
             conn.shutdown_write()
                 .map_err(|e| format!("shutdown after stdin: {e}"))?;
             Ok(n)
@@ -113,7 +113,7 @@ fn copy_to_stdout(conn: &Conn) -> Result<(), String> {
     loop {
         let n = conn
             .read(&mut buf)
-            .map_err(|e| format!("connection to stdout after {total} bytes: {e}"))?;
+            .map_err(|e| format!("connection to stdout after {total} bytes: {}", io_error(&e)))?;
         if n == 0 {
             return out.flush().map_err(|e| format!("stdout: {e}"));
         }

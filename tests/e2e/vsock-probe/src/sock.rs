@@ -295,6 +295,15 @@ pub fn is_timeout(e: &io::Error) -> bool {
     matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut)
 }
 
+/// An I/O error, saying so when it was the connection's timeout.
+pub fn io_error(e: &io::Error) -> String {
+    if is_timeout(e) {
+        "no progress within the timeout (stalled)".into()
+    } else {
+        e.to_string()
+    }
+}
+
 impl Read for &Conn {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         Conn::read(self, buf)
