@@ -31,8 +31,67 @@ fn guest_artifacts() -> HashMap<String, PathBuf> {
     ])
 }
 
+/// The target vsock-probe is built for: static glibc (no musl target on the
+/// CI machines), so one binary runs in the nested host and in the guests.
+const PROBE_TARGET: &str = "x86_64-unknown-linux-gnu";
+
+/// tests/e2e/vsock-probe, the vsock scenarios' test program, built once.
+fn vsock_probe() -> PathBuf {
+    let target_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("vsock-probe");
+    let ok = Command::new(env!("CARGO"))
+        .args([
+            "build",
+            "--release",
+            "--locked",
+            "--quiet",
+            "--target",
+            PROBE_TARGET,
+        ])
+        .arg("--manifest-path")
+        .arg(repo().join("tests/e2e/vsock-probe/Cargo.toml"))
+        .arg("--target-dir")
+        .arg(&target_dir)
+        // Flags from the environment would replace the static one below.
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env(
+            "CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS",
+            "-C target-feature=+crt-static",
+        )
+        .stderr(Stdio::inherit())
+        .status()
+        .expect("run cargo build for tests/e2e/vsock-probe")
+        .success();
+    assert!(ok, "building tests/e2e/vsock-probe failed (see above)");
+    let probe = target_dir.join(PROBE_TARGET).join("release/vsock-probe");
+    assert!(
+        !has_elf_interpreter(&probe),
+        "{} is dynamically linked; the guests have no libc: it must be built with +crt-static",
+        probe.display()
+    );
+    probe
+}
+
+/// Does this ELF64 file ask for a dynamic loader (a PT_INTERP header)?
+fn has_elf_interpreter(path: &Path) -> bool {
+    const PT_INTERP: u32 = 3;
+    let elf = std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    let u16_at = |o: usize| u16::from_le_bytes([elf[o], elf[o + 1]]) as usize;
+    assert!(
+        elf.len() > 64 && elf.starts_with(b"\x7fELF\x02"),
+        "{} is not ELF64",
+        path.display()
+    );
+    let phoff = u64::from_le_bytes(elf[32..40].try_into().unwrap()) as usize;
+    let (phentsize, phnum) = (u16_at(54), u16_at(56));
+    (0..phnum).any(|i| {
+        let o = phoff + i * phentsize;
+        elf.get(o..o + 4) == Some(&PT_INTERP.to_le_bytes()[..])
+    })
+}
+
 /// An ext4 root image with the guest scripts of tests/e2e/guest.
-fn test_rootfs() -> PathBuf {
+fn test_rootfs(probe: &Path) -> PathBuf {
     let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("e2e-rootfs.ext4");
     let guest_scripts = repo().join("tests/e2e/guest");
     let ok = Command::new("bash")
@@ -40,6 +99,8 @@ fn test_rootfs() -> PathBuf {
         .arg(&out)
         .args(["--size", "128", "--add"])
         .arg(format!("{}:/kiln/run", guest_scripts.display()))
+        .arg("--add")
+        .arg(format!("{}:/usr/bin/vsock-probe", probe.display()))
         .stderr(Stdio::inherit())
         .status()
         .expect("run resources/build-rootfs.sh")
@@ -49,13 +110,18 @@ fn test_rootfs() -> PathBuf {
 }
 
 /// The modules the distro-kernel guest loads (their dependencies come along).
-const DISTRO_MODULES: &[&str] = &["virtio_mmio", "virtio_blk", "virtio_net"];
+const DISTRO_MODULES: &[&str] = &[
+    "virtio_mmio",
+    "virtio_blk",
+    "virtio_net",
+    "vmw_vsock_virtio_transport",
+];
 
 /// A distribution's kernel, as users bring their own: the Debian cloud
 /// kernel that `tools/nested-host` also runs as the emulated host (cached,
 /// downloaded once), and an initramfs with the test scripts and its virtio
 /// modules, which kiln's /init loads in the order /etc/kiln/modules lists.
-fn distro_artifacts() -> HashMap<String, PathBuf> {
+fn distro_artifacts(probe: &Path) -> HashMap<String, PathBuf> {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("e2e-distro");
     let modules = dir.join("modules");
     // Stale modules of another kernel version must not linger.
@@ -88,6 +154,8 @@ fn distro_artifacts() -> HashMap<String, PathBuf> {
         ))
         .arg("--add")
         .arg(format!("{}:/kiln/run", repo().join("tests/e2e/guest").display()))
+        .arg("--add")
+        .arg(format!("{}:/usr/bin/vsock-probe", probe.display()))
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .status()
@@ -104,7 +172,8 @@ fn distro_artifacts() -> HashMap<String, PathBuf> {
 const NESTED_COMMAND: &str = "mkdir -p /scratch && mount -t tmpfs -o size=1536m tmpfs /scratch && \
     KILN=/work/kiln KERNEL=/work/vmlinux BZIMAGE=/work/bzImage INITRD=/work/initramfs.cpio.gz \
     ROOTFS=/work/rootfs.ext4 DISTRO_KERNEL=/work/distro-vmlinuz \
-    DISTRO_INITRD=/work/distro-initramfs.cpio.gz SCRATCH=/scratch sh /work/suite.sh";
+    DISTRO_INITRD=/work/distro-initramfs.cpio.gz VSOCK_PROBE=/work/vsock-probe SCRATCH=/scratch \
+    sh /work/suite.sh";
 
 /// Every scenario `tests/e2e/suite.sh` runs.
 const SCENARIOS: &[&str] = &[
@@ -122,6 +191,12 @@ const SCENARIOS: &[&str] = &[
     "net-two-guests",
     "net-absent",
     "distro-kernel",
+    "vsock-host-to-guest",
+    "vsock-guest-to-host",
+    "vsock-guest-connect",
+    "vsock-echo-100",
+    "vsock-no-listener",
+    "vsock-stalled-reader",
 ];
 
 /// Runs the suite (only `only`, when not empty) once; returns its
@@ -147,6 +222,7 @@ fn run_once(a: &HashMap<String, PathBuf>, rootfs: &Path, only: &str) -> (String,
             .env("ROOTFS", rootfs)
             .env("DISTRO_KERNEL", &a["DISTRO_KERNEL"])
             .env("DISTRO_INITRD", &a["DISTRO_INITRD"])
+            .env("VSOCK_PROBE", &a["VSOCK_PROBE"])
             .env("SCRATCH", Path::new(env!("CARGO_TARGET_TMPDIR")))
             .env("OUT", out_dir)
             .env("ONLY", only)
@@ -171,6 +247,8 @@ fn run_once(a: &HashMap<String, PathBuf>, rootfs: &Path, only: &str) -> (String,
             .arg(file(&a["DISTRO_KERNEL"], "distro-vmlinuz"))
             .arg("--file")
             .arg(file(&a["DISTRO_INITRD"], "distro-initramfs.cpio.gz"))
+            .arg("--file")
+            .arg(file(&a["VSOCK_PROBE"], "vsock-probe"))
             .arg("--file")
             .arg(file(&suite, "suite.sh"))
             .args([
@@ -212,9 +290,11 @@ fn parse_results(transcript: &str) -> HashMap<String, (bool, String)> {
 }
 
 fn run_suite() -> Suite {
+    let probe = vsock_probe();
     let mut a = guest_artifacts();
-    a.extend(distro_artifacts());
-    let rootfs = test_rootfs();
+    a.extend(distro_artifacts(&probe));
+    let rootfs = test_rootfs(&probe);
+    a.insert("VSOCK_PROBE".to_string(), probe);
     // ONLY="name ..." runs just those scenarios (the others then report
     // nothing and their tests fail): quicker iterations on one scenario.
     let only = std::env::var("ONLY").unwrap_or_default();
@@ -327,6 +407,36 @@ fn guest_without_net_has_no_eth0() {
 }
 
 #[test]
-fn distribution_kernel_with_modular_virtio_finds_disk_and_net_through_acpi() {
+fn distribution_kernel_with_modular_virtio_finds_disk_net_and_vsock_through_acpi() {
     check("distro-kernel");
+}
+
+#[test]
+fn vsock_host_to_guest_64_mib_with_sha256_and_half_close() {
+    check("vsock-host-to-guest");
+}
+
+#[test]
+fn vsock_guest_to_host_64_mib_to_the_socket_port_listener() {
+    check("vsock-guest-to-host");
+}
+
+#[test]
+fn vsock_guest_connects_to_a_host_listener_and_is_reset_without_one() {
+    check("vsock-guest-connect");
+}
+
+#[test]
+fn vsock_100_concurrent_connections_each_echo() {
+    check("vsock-echo-100");
+}
+
+#[test]
+fn vsock_host_connect_to_a_port_without_listener_is_closed() {
+    check("vsock-no-listener");
+}
+
+#[test]
+fn vsock_host_peer_that_stops_reading_does_not_stall_another_connection() {
+    check("vsock-stalled-reader");
 }

@@ -7,7 +7,9 @@
 # ROOTFS (ext4 root image holding the scripts of tests/e2e/guest under
 # /kiln/run), DISTRO_KERNEL and DISTRO_INITRD (a distribution's bzImage and
 # an initramfs with its virtio modules listed in /etc/kiln/modules, for
-# distro-kernel), and optionally OUT (per-scenario logs, default /out),
+# distro-kernel), VSOCK_PROBE (tests/e2e/vsock-probe, static; also in the
+# guests as /usr/bin/vsock-probe) for the vsock-* scenarios and
+# distro-kernel, and optionally OUT (per-scenario logs, default /out),
 # SCRATCH (where disk images are made: a tmpfs or ext4, default /tmp) and
 # ONLY (space-separated scenario names to run). Needs mkfs.ext4, e2fsck
 # and debugfs for the disk scenarios; the net-* and distro-kernel scenarios
@@ -199,6 +201,115 @@ if wanted disk-discard; then
   rm -f "$img" "$SCRATCH/root-discard.ext4"
 fi
 
+# ---- vsock (issue 9). One guest (guest/vsock) runs the listeners and a
+# guest-initiated client; the host side runs vsock-probe (VSOCK_PROBE)
+# against kiln's socket (Firecracker's CONNECT/OK convention) and listens at
+# <socket>_PORT for the guest. Each check reports as its own scenario.
+VSOCK_SCENARIOS="vsock-host-to-guest vsock-guest-to-host vsock-guest-connect vsock-echo-100 vsock-no-listener vsock-stalled-reader"
+vsock_wanted() { for v in $VSOCK_SCENARIOS; do wanted "$v" && return 0; done; return 1; }
+# A short directory: kiln takes socket paths of at most 96 bytes.
+vsock_dir() { mktemp -d "${TMPDIR:-/tmp}/kiln-vsock.XXXXXX"; }
+if vsock_wanted; then
+  n=vsock
+  P=${VSOCK_PROBE:-}
+  vdir=$(vsock_dir); sock=$vdir/v.sock
+  # The host's listeners, up before kiln: 64 MiB lands in a file (summed
+  # after), and an echo server.
+  "$P" listen "unix:${sock}_5100" stdio --count 1 --ready "$vdir/r5100" \
+    </dev/null >"$SCRATCH/vsock-g2h.bin" 2>"$OUT/vsock.g2h.err" &
+  g2h_pid=$!
+  "$P" listen "unix:${sock}_5101" echo --ready "$vdir/r5101" 2>"$OUT/vsock.host-echo.err" &
+  hecho_pid=$!
+  i=0
+  while { [ ! -e "$vdir/r5100" ] || [ ! -e "$vdir/r5101" ]; } && [ "$i" -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
+  start=$(now)
+  : >"$OUT/$n.log"; : >"$OUT/$n.err"
+  h2g_rc=- echo100=- refused=- stall=- kpid=
+  if [ ! -x "$P" ]; then vsock_err="VSOCK_PROBE '$P' is not an executable (tests/e2e/vsock-probe, built by tests/e2e.rs)"
+  elif [ ! -e "$vdir/r5100" ] || [ ! -e "$vdir/r5101" ]; then vsock_err="host listeners did not start: $(cat "$OUT"/vsock.*.err)"
+  else
+    timeout -s KILL "$GUEST_TIMEOUT" "$KILN" boot --kernel "$KERNEL" --memory 256 \
+      --disk "path=$ROOTFS,root,readonly" --vsock "cid=3,socket=$sock" \
+      --cmdline "$BASE kiln.run=vsock" </dev/null >"$OUT/$n.log" 2>"$OUT/$n.err" &
+    kpid=$!
+    vsock_err="the guest never said KILN-VSOCK-READY"
+  fi
+  if [ -n "$kpid" ] && wait_for $n KILN-VSOCK-READY "$GUEST_TIMEOUT"; then
+    vsock_err=
+    "$P" gen 64M --seed 1 | "$P" stream "hybrid:$sock:5002" --timeout 60 >/dev/null 2>"$OUT/vsock.h2g.err"
+    h2g_rc=$?
+    echo100=$("$P" echo-many "hybrid:$sock:5001" 100 --timeout 60 2>&1)
+    echo100="$? $echo100"
+    refused=$("$P" expect-refused "hybrid:$sock:5199" --within 10 2>&1)
+    refused="$? $refused"
+    stall=$("$P" stall-check "hybrid:$sock:5003" "hybrid:$sock:5001" --stall 3 --timeout 60 2>&1)
+    stall="$? $stall"
+    # Done: the guest reports and powers off.
+    "$P" stream "hybrid:$sock:5009" --timeout 60 </dev/null >/dev/null 2>&1
+  elif [ -n "$kpid" ]; then
+    kill "$kpid" 2>/dev/null # timeout passes the TERM on to kiln
+  fi
+  status=-; [ -z "$kpid" ] || { wait "$kpid"; status=$?; }
+  echo "E2E-TIME $n - $(elapsed "$start" "$(now)")"
+  # The guest sent its 64 MiB long before it powered off; give the
+  # listener a moment in case the file is still being written.
+  i=0
+  while kill -0 "$g2h_pid" 2>/dev/null && [ "$i" -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+  kill "$g2h_pid" "$hecho_pid" 2>/dev/null
+  wait "$g2h_pid"; g2h_rc=$?
+  wait "$hecho_pid" 2>/dev/null
+  for v in $VSOCK_SCENARIOS; do cp "$OUT/$n.log" "$OUT/$v.log"; cat "$OUT/$n.err" "$OUT"/vsock.*.err >"$OUT/$v.err" 2>/dev/null; done
+  vline() { sed -n "s/^$1 //p" "$OUT/$n.log" | tr -d '\r' | head -n 1; }
+  if [ -z "$vsock_err" ] && [ "$status" != 0 ]; then vsock_err="kiln exit status $status"; fi
+  if [ -z "$vsock_err" ] && has $n KILN-VSOCK-ERRORS; then echo "vsock: guest listener errors: $(vline KILN-VSOCK-ERRORS)"; fi
+  # The first checked field of each line is an exit status.
+  code() { echo "${1%% *}"; }
+  rest() { case $1 in *' '*) echo "${1#* }" ;; *) echo ;; esac; }
+
+  if ! wanted vsock-host-to-guest; then :
+  elif [ -n "$vsock_err" ]; then fail vsock-host-to-guest "$vsock_err"
+  else
+    want=$("$P" gen 64M --seed 1 | sha256sum | cut -d' ' -f1)
+    got=$(vline KILN-VSOCK-H2G)
+    if [ "$h2g_rc" != 0 ]; then fail vsock-host-to-guest "host stream exit $h2g_rc: $(cat "$OUT/vsock.h2g.err")"
+    elif [ "$got" != "0 $want" ]; then fail vsock-host-to-guest "guest got '$got', want '0 $want'"
+    elif [ -e "$sock" ]; then fail vsock-host-to-guest "kiln left its socket $sock behind"
+    else pass vsock-host-to-guest "64 MiB through CONNECT 5002, sha256 equal, half-closed both ways; socket removed on exit"; fi
+  fi
+  if ! wanted vsock-guest-to-host; then :
+  elif [ -n "$vsock_err" ]; then fail vsock-guest-to-host "$vsock_err"
+  else
+    want=$("$P" gen 64M --seed 2 | sha256sum | cut -d' ' -f1)
+    got=$(sum "$SCRATCH/vsock-g2h.bin")
+    sent=$(vline KILN-VSOCK-G2H)
+    if [ "$(code "$sent")" != 0 ]; then fail vsock-guest-to-host "guest stream to CID 2 port 5100: $sent"
+    elif [ "$g2h_rc" != 0 ]; then fail vsock-guest-to-host "host listener at ${sock}_5100 exit $g2h_rc: $(cat "$OUT/vsock.g2h.err")"
+    elif [ "$got" != "$want" ]; then fail vsock-guest-to-host "host got $(wc -c <"$SCRATCH/vsock-g2h.bin") bytes, sha256 $got, want 64 MiB $want"
+    else pass vsock-guest-to-host "64 MiB guest-initiated to ${sock##*/}_5100, sha256 equal"; fi
+  fi
+  if ! wanted vsock-guest-connect; then :
+  elif [ -n "$vsock_err" ]; then fail vsock-guest-connect "$vsock_err"
+  else
+    gecho=$(vline KILN-VSOCK-GUEST-ECHO); grefused=$(vline KILN-VSOCK-GUEST-REFUSED)
+    if [ "$(code "$gecho")" != 0 ]; then fail vsock-guest-connect "echo with the host listener at _5101: $gecho"
+    elif [ "$(code "$grefused")" != 0 ]; then fail vsock-guest-connect "connect to port 5199 without a host listener: $grefused"
+    else pass vsock-guest-connect "$(rest "$gecho") (host listener at _5101); port 5199 without one: $(rest "$grefused")"; fi
+  fi
+  if ! wanted vsock-echo-100; then :
+  elif [ -n "$vsock_err" ]; then fail vsock-echo-100 "$vsock_err"
+  elif [ "$(code "$echo100")" != 0 ]; then fail vsock-echo-100 "$(rest "$echo100")"
+  else pass vsock-echo-100 "$(rest "$echo100")"; fi
+  if ! wanted vsock-no-listener; then :
+  elif [ -n "$vsock_err" ]; then fail vsock-no-listener "$vsock_err"
+  elif [ "$(code "$refused")" != 0 ]; then fail vsock-no-listener "$(rest "$refused")"
+  else pass vsock-no-listener "$(rest "$refused")"; fi
+  if ! wanted vsock-stalled-reader; then :
+  elif [ -n "$vsock_err" ]; then fail vsock-stalled-reader "$vsock_err"
+  elif [ "$(code "$stall")" != 0 ]; then fail vsock-stalled-reader "$(rest "$stall")"
+  else pass vsock-stalled-reader "$(rest "$stall")"; fi
+  rm -rf "$vdir" "$SCRATCH/vsock-g2h.bin"
+fi
+
 # ---- Networking (issue 8). A bridge with an address in the (nested) host,
 # one tap per guest, busybox httpd on the bridge address. All of it lives in
 # a private network namespace, so a direct run never touches the host's
@@ -315,10 +426,12 @@ EOF
     esac; fi
   fi
   # 13. A distribution's kernel (Debian cloud, as users bring their own):
-  #     virtio_mmio, virtio_blk and virtio_net are modules that /init loads,
-  #     virtio_mmio has no device= parameter, so the disk and the card are
-  #     found through ACPI alone. A raw disk is read and written (checked
-  #     here after kiln exits) and eth0 pings the bridge.
+  #     virtio_mmio, virtio_blk, virtio_net and the vsock transport are
+  #     modules that /init loads, virtio_mmio has no device= parameter, so
+  #     the disk, the card and the vsock device are found through ACPI
+  #     alone. A raw disk is read and written (checked here after kiln
+  #     exits), eth0 pings the bridge and the host echoes 64 KiB through a
+  #     guest AF_VSOCK listener (the host side retries until it listens).
   if wanted distro-kernel; then
     n=distro-kernel
     img=$SCRATCH/distro-disk.raw
@@ -330,9 +443,18 @@ EOF
     elif [ ! -f "${DISTRO_KERNEL:-}" ] || [ ! -f "${DISTRO_INITRD:-}" ]; then
       echo "E2E-RESULT $n FAIL DISTRO_KERNEL/DISTRO_INITRD not given (the distribution kernel and its initramfs)"
     else
+      vdir=$(vsock_dir)
+      "${VSOCK_PROBE:-vsock-probe}" echo-many "hybrid:$vdir/v.sock:5001" 1 --bytes 64K \
+        --retry "$GUEST_TIMEOUT" --timeout "$GUEST_TIMEOUT" \
+        >"$vdir/echo.out" 2>&1 &
+      vsock_pid=$!
       run_kiln $n --kernel "$DISTRO_KERNEL" --initrd "$DISTRO_INITRD" --memory 256 \
-        --disk "path=$img" --net tap=ktap0 --cmdline "$BASE kiln.run=distro-kernel $(ip_arg 2)"
+        --disk "path=$img" --net tap=ktap0 --vsock "cid=3,socket=$vdir/v.sock" \
+        --cmdline "$BASE kiln.run=distro-kernel $(ip_arg 2)"
+      kill "$vsock_pid" 2>/dev/null; wait "$vsock_pid" 2>/dev/null
+      vsock_host=$(tr '\n' ' ' <"$vdir/echo.out"); rm -rf "$vdir"
       dline() { sed -n "s/^[0-9.]* $1 //p" "$OUT/$n.log" | tr -d '\r' | head -n 1; }
+      vsock_guest=$(dline KILN-VSOCK-ECHO)
       ping_l=$(dline KILN-NET-PING)
       got_read=$(head -c 1048576 "$img" | sha256sum | cut -d' ' -f1)
       got_write=$(dd if="$img" bs=65536 skip=16 count=16 2>/dev/null | sha256sum | cut -d' ' -f1)
@@ -347,7 +469,9 @@ EOF
         fail $n "image after exit: first MiB $got_read (want $want_read), second $got_write (want $want_write)"
       elif ! has $n 'KILN-NET-UP eth0'; then fail $n "no eth0 in the guest: $(dline KILN-NET-IFACES)"
       elif [ "${ping_l%% *}" != 0 ]; then fail $n "ping $NET.1 failed: $ping_l"
-      else pass $n "$(dline KILN-DISTRO-UNAME) reached /init in ${ready}s; $(dline KILN-MODULES) modules; disk read and write intact via ACPI; ping ${ping_l#0 }"; fi
+      elif [ "${vsock_guest%% *}" != 0 ]; then fail $n "guest vsock echo listener: '$vsock_guest'; host: $vsock_host"
+      elif [ "${vsock_host#echo-many ok}" = "$vsock_host" ]; then fail $n "host vsock echo: $vsock_host"
+      else pass $n "$(dline KILN-DISTRO-UNAME) reached /init in ${ready}s; $(dline KILN-MODULES) modules; disk read and write intact via ACPI; ping ${ping_l#0 }; vsock echo of 64 KiB intact"; fi
     fi
     rm -f "$img"
   fi
