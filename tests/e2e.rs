@@ -20,15 +20,32 @@ fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// Builds (or finds in the cache) the default guest kernel and initramfs,
-/// exactly as `kiln boot` without `--kernel` does.
+/// Builds (or finds in the cache) the default guest kernel and initramfs
+/// through `kiln guest`, exactly as `kiln boot` without `--kernel` does
+/// (which also proves that subcommand's KEY=PATH output).
 fn guest_artifacts() -> HashMap<String, PathBuf> {
-    let guest = kiln::default_guest::ensure().unwrap_or_else(|e| panic!("default guest: {e}"));
-    HashMap::from([
-        ("KERNEL".to_string(), guest.kernel),
-        ("BZIMAGE".to_string(), guest.bzimage),
-        ("INITRD".to_string(), guest.initrd),
-    ])
+    let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .arg("guest")
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run kiln guest");
+    assert!(out.status.success(), "kiln guest failed (see above)");
+    let vars: HashMap<String, PathBuf> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), PathBuf::from(v)))
+        .collect();
+    for key in ["KERNEL", "BZIMAGE", "INITRD"] {
+        let path = vars
+            .get(key)
+            .unwrap_or_else(|| panic!("kiln guest printed no {key}= line"));
+        assert!(
+            path.is_file(),
+            "kiln guest: {key}={} is not a file",
+            path.display()
+        );
+    }
+    vars
 }
 
 /// The target vsock-probe is built for: static glibc (no musl target on the
