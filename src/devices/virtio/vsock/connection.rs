@@ -341,8 +341,20 @@ impl Connection {
         }
     }
 
-    fn can_read_host(&self) -> bool {
-        self.state == State::Established && self.readable && !self.host_eof && !self.guest_shut_recv
+    /// Whether host data may still go to the guest.
+    fn may_read(&self) -> bool {
+        self.state == State::Established && !self.host_eof && !self.guest_shut_recv
+    }
+
+    /// Whether to read the host stream now.
+    fn should_read(&self) -> bool {
+        self.may_read() && self.readable && self.peer_credit() > 0
+    }
+
+    /// Whether to ask the guest for credit: it has none and we have not
+    /// asked since.
+    fn should_request_credit(&self) -> bool {
+        self.may_read() && self.peer_credit() == 0 && !self.credit_requested
     }
 
     /// Whether a packet for the guest is (possibly) ready.
@@ -353,7 +365,8 @@ impl Connection {
             || o.response
             || o.credit_update
             || o.shutdown
-            || (self.can_read_host() && (self.peer_credit() > 0 || !self.credit_requested))
+            || self.should_read()
+            || self.should_request_credit()
     }
 
     /// Both sides are done and the guest data is out: reset and forget.
@@ -374,7 +387,7 @@ impl Connection {
     /// What the stream should be watched for now.
     fn wanted_interest(&self) -> EventSet {
         let mut interest = EventSet::empty();
-        if self.can_read_host() && !self.queued && self.peer_credit() > 0 {
+        if self.may_read() && !self.queued && self.peer_credit() > 0 {
             interest |= EventSet::IN;
         }
         if !self.greeting.is_empty() || !self.tx_buf.is_empty() {
@@ -442,11 +455,11 @@ impl Connection {
         } else if self.owed.shutdown {
             self.owed.shutdown = false;
             control(self, Op::Shutdown, shutdown::SEND)
-        } else if self.owed.credit_update || (self.can_read_host() && rx.room() == 0) {
+        } else if self.owed.credit_update || (self.should_read() && rx.room() == 0) {
             // A buffer too small for data still gets a packet, so a guest
             // posting such buffers cannot make us spin on it.
             control(self, Op::CreditUpdate, 0)
-        } else if self.can_read_host() && self.peer_credit() == 0 && !self.credit_requested {
+        } else if self.should_request_credit() {
             self.credit_requested = true;
             control(self, Op::CreditRequest, 0)
         } else {
@@ -463,7 +476,7 @@ impl Connection {
 
     /// Reads host data into `rx`'s payload room, if the guest can take it.
     fn fill_data(&mut self, mem: &GuestMemoryMmap, rx: &RxBuffer) -> Result<Option<Header>, ConnectionError> {
-        if !self.can_read_host() {
+        if !self.should_read() {
             return Ok(None);
         }
         let max = u64::from(self.peer_credit().min(MAX_PAYLOAD)).min(rx.room());
