@@ -425,3 +425,7 @@ impl VirtioDevice for VsockDevice {
 #[cfg(test)]
 #[path = "device_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "device_hostile_tests.rs"]
+mod hostile_tests;

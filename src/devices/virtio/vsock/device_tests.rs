@@ -194,11 +194,6 @@ impl Guest {
         self.run();
     }
 
-    /// TX chains the device has returned.
-    pub(super) fn tx_used(&self) -> u16 {
-        self.tx.used_idx(&self.mem)
-    }
-
     /// A host peer connects and asks for guest port `port`; the guest sees
     /// the REQUEST and accepts it. Returns the stream (after `OK`) and the
     /// host port.
