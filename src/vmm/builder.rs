@@ -58,8 +58,6 @@ pub enum BuildError {
     MemoryOverHost { asked: u64, host: u64 },
     #[error("{0}")]
     PvmHost(&'static str),
-    #[error("{0} is not available in this kiln build yet; remove it from the configuration")]
-    NotAvailable(&'static str),
     #[error("KVM refused to {what}: {source}")]
     KvmOp {
         what: &'static str,
@@ -93,7 +91,6 @@ impl BuildError {
             BuildError::Config(_)
                 | BuildError::TooManyCpus { .. }
                 | BuildError::MemoryOverHost { .. }
-                | BuildError::NotAvailable(_)
                 | BuildError::Virtio(VirtioError::TooManyDevices { .. })
         )
     }
