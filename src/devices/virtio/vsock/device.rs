@@ -226,8 +226,13 @@ impl VsockDevice {
                     used = true;
                 }
                 None => {
-                    // Nobody had anything after all: the buffer stays.
+                    // Nobody had anything after all: the buffer stays. A
+                    // connection reset on the way owes an RST now: the
+                    // next round sends it.
                     queue.set_next_avail(position);
+                    if active.muxer.has_rx_work() {
+                        active.kick();
+                    }
                     break;
                 }
             }

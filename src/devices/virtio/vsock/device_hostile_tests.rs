@@ -315,3 +315,20 @@ fn late_handshakes_silent_guests_and_undrained_closes_time_out() {
     assert_eq!(GUEST_CID, g.device(|d| d.cid()));
     drop(stuck);
 }
+
+/// A host peer that closes with our data unread leaves the stream failed
+/// (ECONNRESET): found on a read, it resets the connection, and the RST
+/// reaches the guest in the same round of the event loop.
+#[test]
+fn a_failed_host_stream_resets_its_connection() {
+    let mut g = guest();
+    g.post_rx(8, 4096);
+    let listener = g.listen(52);
+    let host = g.guest_connect(&listener, 1000, 52);
+    g.send(hdr(Op::Rw, 1000, 52), b"never read");
+    drop(host);
+    g.run();
+    assert_eq!(replies(&g.recv()), [(Op::Rst as u16, 2, 52, 1000)]);
+    assert_eq!(g.counters().faults(VsockFault::HostStreamError), 1);
+    assert_eq!(g.connections(), 0);
+}

@@ -232,3 +232,106 @@ impl RxBuffer {
         Ok(HDR_LEN as u32 + header.len)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::devices::virtio::ranges::LastDescriptor;
+    use crate::devices::virtio::test_utils::memory;
+    use vm_memory::{Bytes, GuestAddress};
+
+    fn readable(ranges: &[(u64, u64)]) -> ChainRanges {
+        ChainRanges {
+            readable: ranges.iter().map(|&(a, l)| GuestRange::new(a, l)).collect(),
+            writable: Vec::new(),
+            last: None::<LastDescriptor>,
+            defect: None,
+        }
+    }
+
+    fn sample() -> Header {
+        Header {
+            src_cid: 3,
+            dst_cid: 2,
+            src_port: 0x1234_5678,
+            dst_port: 52,
+            len: 5,
+            type_: TYPE_STREAM,
+            op: Op::Rw as u16,
+            flags: 0xa5a5_0001,
+            buf_alloc: 1 << 18,
+            fwd_cnt: u32::MAX,
+        }
+    }
+
+    #[test]
+    fn vsock_header_round_trips_little_endian() {
+        let h = sample();
+        let bytes = h.to_bytes();
+        assert_eq!(&bytes[..8], &3u64.to_le_bytes());
+        assert_eq!(&bytes[30..32], &5u16.to_le_bytes());
+        assert_eq!(Header::from_bytes(&bytes), h);
+        assert_eq!(h.op(), Some(Op::Rw));
+        assert_eq!(Header { op: 8, ..h }.op(), None);
+        assert_eq!(Header { op: 0, ..h }.op(), None);
+    }
+
+    #[test]
+    fn vsock_tx_packets_parse_across_descriptors_and_refuse_bad_lengths() {
+        let mem = memory(&[(0, 0x10000)]);
+        let mut bytes = sample().to_bytes().to_vec();
+        bytes.extend_from_slice(b"hello, trailing");
+        mem.write_slice(&bytes, GuestAddress(0x1000)).unwrap();
+        // The header split 3 ways; the payload starts inside the last part.
+        let packet = parse_tx(&mem, readable(&[(0x1000, 7), (0x1007, 30), (0x1025, 20)])).unwrap();
+        assert_eq!(packet.header, sample());
+        assert_eq!(packet.payload, [GuestRange::new(0x102c, 5)]);
+
+        assert_eq!(
+            parse_tx(&mem, readable(&[(0x1000, 43)])),
+            Err(PacketError::ShortHeader(43))
+        );
+        let short = parse_tx(&mem, readable(&[(0x1000, 44), (0x2000, 4)])).unwrap_err();
+        assert!(
+            matches!(short, PacketError::LenBeyondChain { available: 4, .. }),
+            "{short}"
+        );
+        assert_eq!(short.header(), Some(sample()));
+        let huge = Header {
+            len: MAX_PAYLOAD + 1,
+            ..sample()
+        };
+        mem.write_slice(&huge.to_bytes(), GuestAddress(0x3000)).unwrap();
+        let err = parse_tx(
+            &mem,
+            readable(&[(0x3000, 44), (0x4000, 0x8000), (0x4000, 0x8001)]),
+        )
+        .unwrap_err();
+        assert!(matches!(err, PacketError::TooLong { .. }), "{err}");
+        let mut writable = readable(&[(0x1000, 49)]);
+        writable.writable.push(GuestRange::new(0x5000, 4));
+        assert_eq!(parse_tx(&mem, writable), Err(PacketError::WritableInTx));
+    }
+
+    #[test]
+    fn vsock_rx_buffers_need_room_for_a_header() {
+        let chain = |lens: &[u64]| ChainRanges {
+            writable: lens
+                .iter()
+                .enumerate()
+                .map(|(i, &l)| GuestRange::new(0x1000 * (i as u64 + 1), l))
+                .collect(),
+            ..ChainRanges::default()
+        };
+        assert_eq!(RxBuffer::new(chain(&[43])), Err(PacketError::RxTooSmall(43)));
+        let rx = RxBuffer::new(chain(&[40, 100])).unwrap();
+        assert_eq!(rx.room(), 96);
+        assert_eq!(
+            rx.header,
+            [GuestRange::new(0x1000, 40), GuestRange::new(0x2000, 4)]
+        );
+        let mut both = chain(&[100]);
+        both.readable.push(GuestRange::new(0x9000, 1));
+        assert_eq!(RxBuffer::new(both), Err(PacketError::ReadableInRx));
+    }
+}
