@@ -115,6 +115,8 @@ pub struct Connection {
     guest_shut_recv: bool,
     host_eof: bool,
     host_write_shut: bool,
+    /// The host peer closed its end entirely: it receives nothing more.
+    host_closed: bool,
     /// The host stream may have data for the guest.
     pub readable: bool,
     owed: Owed,
@@ -163,6 +165,7 @@ impl Connection {
             guest_shut_recv: false,
             host_eof: false,
             host_write_shut: false,
+            host_closed: false,
             readable: false,
             owed: Owed::default(),
             queued: false,
@@ -254,19 +257,19 @@ impl Connection {
                 self.fwd_cnt = self.fwd_cnt.wrapping_add(skip as u32);
             }
         }
-        // What the stream did not take waits, behind what already did.
+        // What the stream did not take waits, behind what already did,
+        // copied through a small bounce buffer.
+        let mut bounce = [0u8; 4096];
         for slice in &slices {
-            if skip >= slice.len() {
-                skip -= slice.len();
-                continue;
+            let mut at = skip.min(slice.len());
+            skip -= at;
+            while at < slice.len() {
+                let n = (slice.len() - at).min(bounce.len());
+                let part = slice.subslice(at, n).map_err(|_| ConnectionError::GuestMemory)?;
+                part.copy_to(&mut bounce[..n]);
+                self.tx_buf.extend(&bounce[..n]);
+                at += n;
             }
-            let part = slice
-                .subslice(skip, slice.len() - skip)
-                .map_err(|_| ConnectionError::GuestMemory)?;
-            let mut chunk = vec![0u8; part.len()];
-            part.copy_to(&mut chunk[..]);
-            self.tx_buf.extend(chunk);
-            skip = 0;
         }
         self.note_forwarded();
         Ok(())
@@ -336,6 +339,8 @@ impl Connection {
     /// events forget it); what is left in it is read on the guest's pace.
     pub fn on_hang_up(&mut self) {
         self.interest = None;
+        // Both directions shut and we did not shut ours: the peer closed.
+        self.host_closed |= !self.host_write_shut;
         if !self.guest_shut_recv && self.state == State::Established {
             self.readable = true;
         }
@@ -454,7 +459,14 @@ impl Connection {
             header
         } else if self.owed.shutdown {
             self.owed.shutdown = false;
-            control(self, Op::Shutdown, shutdown::SEND)
+            // A peer that closed entirely takes no more data either: the
+            // guest hears both, and answers with its RST.
+            let flags = if self.host_closed {
+                shutdown::BOTH
+            } else {
+                shutdown::SEND
+            };
+            control(self, Op::Shutdown, flags)
         } else if self.owed.credit_update || (self.should_read() && rx.room() == 0) {
             // A buffer too small for data still gets a packet, so a guest
             // posting such buffers cannot make us spin on it.

@@ -511,7 +511,7 @@ fn a_guest_that_shuts_its_send_side_still_gets_host_data() {
     host.write_all(b"reply").unwrap();
     g.run();
     assert_eq!(data_of(&g.recv()), b"reply");
-    // Data after its own shutdown is a protocol error.
+    // The host finishes too: both directions are done.
     drop(host);
     g.run();
     let got = g.recv();
@@ -521,6 +521,26 @@ fn a_guest_that_shuts_its_send_side_still_gets_host_data() {
         (Op::Shutdown as u16, shutdown::SEND)
     );
     assert_eq!(got[1].0.op, Op::Rst as u16, "both sides done");
+    assert_eq!(g.connections(), 0);
+}
+
+#[test]
+fn a_host_peer_that_closes_entirely_is_shut_both_ways_for_the_guest() {
+    let mut g = guest();
+    g.post_rx(8, 4096);
+    let listener = g.listen(52);
+    let mut host = g.guest_connect(&listener, 1000, 52);
+    host.write_all(b"bye").unwrap();
+    drop(host);
+    g.run();
+    let got = g.recv();
+    assert_eq!(data_of(&got[..1]), b"bye");
+    assert_eq!(
+        (got[1].0.op, got[1].0.flags),
+        (Op::Shutdown as u16, shutdown::BOTH)
+    );
+    // The guest's answer to that (Linux sends RST) ends it.
+    g.send(hdr(Op::Rst, 1000, 52), &[]);
     assert_eq!(g.connections(), 0);
 }
 
