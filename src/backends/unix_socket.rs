@@ -63,7 +63,9 @@ impl VsockListener {
             if !meta.file_type().is_socket() {
                 return Err(UnixSocketError::PathExists(path.to_path_buf()));
             }
-            match UnixStream::connect(path) {
+            // Without blocking: a live listener with a full backlog would
+            // hold a blocking connect.
+            match connect_nonblocking(path) {
                 Ok(_) => return Err(UnixSocketError::InUse(path.to_path_buf())),
                 Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => {
                     std::fs::remove_file(path).map_err(|source| UnixSocketError::RemoveStale {

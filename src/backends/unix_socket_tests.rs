@@ -202,3 +202,25 @@ fn open_file_limit_is_raised_to_the_hard_limit() {
     assert_eq!(soft, limit.rlim_cur);
     assert_eq!(limit.rlim_cur, limit.rlim_max);
 }
+
+/// A live listener whose backlog is full is in use, and checking it does
+/// not block (a blocking connect would wait for its owner to accept).
+#[test]
+fn vsock_listener_check_does_not_block_on_a_full_backlog() {
+    let dir = temp();
+    let path = dir.as_path().join("v.sock");
+    let _live = UnixListener::bind(&path).unwrap();
+    let mut queued = Vec::new();
+    loop {
+        match connect_nonblocking(&path) {
+            Ok(stream) => queued.push(stream),
+            Err(e) => {
+                assert_eq!(e.raw_os_error(), Some(libc::EAGAIN), "{e}");
+                break;
+            }
+        }
+        assert!(queued.len() < 100_000, "the backlog never filled");
+    }
+    let err = VsockListener::bind(&path).unwrap_err();
+    assert!(matches!(err, UnixSocketError::InUse(_)), "{err}");
+}
