@@ -186,10 +186,8 @@ impl Muxer {
         };
         if h.src_cid != self.guest_cid {
             // Not the guest's address: nobody to answer.
-            return {
-                refuse(self, VsockFault::TxWrongSrcCid, "wrong source CID");
-                TxVerdict::Done
-            };
+            refuse(self, VsockFault::TxWrongSrcCid, "wrong source CID");
+            return TxVerdict::Done;
         }
         if h.dst_cid != HOST_CID {
             refuse(
