@@ -68,6 +68,13 @@ struct BootArgs {
     /// from the tap name (02:..., the same every run).
     #[arg(long = "net", value_name = "SPEC")]
     nets: Vec<config::NetConfig>,
+    /// A virtio-vsock device: cid=N,socket=PATH (N 3 or more). kiln listens
+    /// on PATH (an existing file is refused unless it is a stale socket;
+    /// removed on exit): a host process connects and writes
+    /// `CONNECT <port>\n` to reach the guest's listener on <port>. A guest
+    /// connection to host port P reaches a Unix socket listening at PATH_P.
+    #[arg(long = "vsock", value_name = "SPEC")]
+    vsock: Option<config::VsockConfig>,
     /// Describe the machine with an MP table only, no ACPI tables.
     #[arg(long)]
     no_acpi: bool,
@@ -89,6 +96,7 @@ impl BootArgs {
         c.disks = self.disks;
         c.disks.sort_by_key(|d| !d.root);
         c.nets = self.nets;
+        c.vsock = self.vsock;
         c.validate()?;
         Ok(c)
     }

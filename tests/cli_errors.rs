@@ -239,3 +239,41 @@ fn net_spec_mistakes_are_usage_errors() {
         one_line(&args, 2, needle);
     }
 }
+
+/// Issue 9: the vsock socket path belongs to kiln only if nothing is
+/// there, or a stale socket nobody listens on; kiln removes it on exit.
+#[test]
+fn vsock_socket_path_in_use_is_a_host_error() {
+    let dir = scratch("vsock-socket");
+    let kernel = hello(&dir);
+    let k = kernel.to_str().unwrap();
+    let socket = dir.join("v.sock");
+    let spec = format!("cid=3,socket={}", socket.display());
+    let args = ["boot", "--kernel", k, "--vsock", spec.as_str()];
+
+    std::fs::write(&socket, b"someone's file").unwrap();
+    one_line(
+        &args,
+        1,
+        "exists and is not a socket; remove it or choose another path",
+    );
+    assert_eq!(std::fs::read(&socket).unwrap(), b"someone's file", "left alone");
+    std::fs::remove_file(&socket).unwrap();
+
+    let live = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    one_line(&args, 1, "is in use by another process");
+
+    // Its owner died without cleaning up: kiln takes the path, and
+    // removes it when the guest is done.
+    drop(live);
+    assert!(socket.exists());
+    let out = run_kiln(&args, TIMEOUT);
+    assert_eq!(out.code, Some(0), "stderr {}", out.stderr);
+    assert!(!socket.exists(), "removed on exit");
+
+    one_line(
+        &["boot", "--kernel", k, "--vsock", "cid=2,socket=/tmp/v.sock"],
+        2,
+        "cid 2 is reserved",
+    );
+}

@@ -3,5 +3,6 @@
 pub mod file;
 pub mod image_io;
 pub mod tap;
+pub mod unix_socket;
 
 pub use file::{CacheMode, FileBackend, FileBackendError};

@@ -120,7 +120,7 @@ pub struct VmConfig {
     /// eth1, ...). Validated here, but the builder does not attach them
     /// yet (the device is still being written; no flag sets them).
     pub nets: Vec<NetConfig>,
-    /// The virtio-vsock device. Validated, not attached yet, as for `nets`.
+    /// The virtio-vsock device.
     pub vsock: Option<VsockConfig>,
 }
 

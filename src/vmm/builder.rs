@@ -29,6 +29,7 @@ use crate::devices::legacy::serial::{SerialDevice, SerialHandler};
 use crate::devices::virtio::block::BlockDevice;
 use crate::devices::virtio::block::BlockError;
 use crate::devices::virtio::net::{NetCounters, NetDevice, NetDeviceError};
+use crate::devices::virtio::vsock::{VsockDevice, VsockDeviceError};
 use crate::devices::virtio::{MmioDevices, MmioSlot, VirtioError};
 use crate::devices::EventLoop;
 use crate::exit::ExitNotifier;
@@ -57,8 +58,6 @@ pub enum BuildError {
     MemoryOverHost { asked: u64, host: u64 },
     #[error("{0}")]
     PvmHost(&'static str),
-    #[error("{0} is not available in this kiln build yet; remove it from the configuration")]
-    NotAvailable(&'static str),
     #[error("KVM refused to {what}: {source}")]
     KvmOp {
         what: &'static str,
@@ -79,6 +78,8 @@ pub enum BuildError {
     #[error(transparent)]
     Net(#[from] NetDeviceError),
     #[error(transparent)]
+    Vsock(#[from] VsockDeviceError),
+    #[error(transparent)]
     Virtio(#[from] VirtioError),
 }
 
@@ -90,7 +91,6 @@ impl BuildError {
             BuildError::Config(_)
                 | BuildError::TooManyCpus { .. }
                 | BuildError::MemoryOverHost { .. }
-                | BuildError::NotAvailable(_)
                 | BuildError::Virtio(VirtioError::TooManyDevices { .. })
         )
     }
@@ -195,11 +195,6 @@ fn attach_virtio_devices(
     devices: &mut MmioDevices,
     nics: &mut Vec<NicCounters>,
 ) -> Result<(), BuildError> {
-    // The config parses and validates already; its device comes next. A
-    // caller must not get a VM without the device it asked for.
-    if config.vsock.is_some() {
-        return Err(BuildError::NotAvailable("virtio-vsock"));
-    }
     for disk in &config.disks {
         devices.attach(BlockDevice::new(disk.block.clone())?)?;
     }
@@ -210,6 +205,9 @@ fn attach_virtio_devices(
             counters: card.counters(),
         });
         devices.attach(card)?;
+    }
+    if let Some(vsock) = &config.vsock {
+        devices.attach(VsockDevice::new(vsock)?)?;
     }
     Ok(())
 }

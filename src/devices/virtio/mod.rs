@@ -35,6 +35,7 @@ pub mod ranges;
 pub mod slots;
 #[cfg(test)]
 pub(crate) mod test_utils;
+pub mod vsock;
 
 pub use events::{HostEvents, Watched};
 pub use handler::MmioEventHandler;
