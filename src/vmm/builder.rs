@@ -29,7 +29,7 @@ use crate::devices::legacy::serial::{SerialDevice, SerialHandler};
 use crate::devices::virtio::block::BlockDevice;
 use crate::devices::virtio::block::BlockError;
 use crate::devices::virtio::net::{NetCounters, NetDevice, NetDeviceError};
-use crate::devices::virtio::vsock::{VsockDevice, VsockDeviceError};
+use crate::devices::virtio::vsock::{VsockCounters, VsockDevice, VsockDeviceError};
 use crate::devices::virtio::{MmioDevices, MmioSlot, VirtioError};
 use crate::devices::EventLoop;
 use crate::exit::ExitNotifier;
@@ -112,14 +112,26 @@ pub struct BuiltVm {
     /// Writes the guest console out (an event-loop subscriber); finished
     /// when the VM stops.
     pub console: Arc<Mutex<ConsoleWriter>>,
-    /// Each network card's live counters, in `--net` order.
-    pub nics: Vec<NicCounters>,
+    /// Live counters of the devices that keep them: network cards in
+    /// `--net` order, then the vsock device.
+    pub counters: Vec<DeviceCounters>,
 }
 
-/// A network card's counters, readable while the VM runs.
-pub struct NicCounters {
-    pub tap: String,
-    pub counters: Arc<NetCounters>,
+/// A device's counters, readable while the VM runs.
+pub enum DeviceCounters {
+    Net { tap: String, counters: Arc<NetCounters> },
+    Vsock { cid: u64, counters: Arc<VsockCounters> },
+}
+
+impl std::fmt::Display for DeviceCounters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeviceCounters::Net { tap, counters } => write!(f, "virtio-net {tap}: {}", counters.snapshot()),
+            DeviceCounters::Vsock { cid, counters } => {
+                write!(f, "virtio-vsock cid {cid}: {}", counters.snapshot())
+            }
+        }
+    }
 }
 
 /// Host RAM in MiB, from /proc/meminfo; None if unreadable.
@@ -193,21 +205,26 @@ fn build_cmdline(config: &VmConfig, limit: usize, slots: &[MmioSlot]) -> Result<
 fn attach_virtio_devices(
     config: &VmConfig,
     devices: &mut MmioDevices,
-    nics: &mut Vec<NicCounters>,
+    counters: &mut Vec<DeviceCounters>,
 ) -> Result<(), BuildError> {
     for disk in &config.disks {
         devices.attach(BlockDevice::new(disk.block.clone())?)?;
     }
     for net in &config.nets {
         let card = NetDevice::open(net)?;
-        nics.push(NicCounters {
+        counters.push(DeviceCounters::Net {
             tap: net.tap.clone(),
             counters: card.counters(),
         });
         devices.attach(card)?;
     }
     if let Some(vsock) = &config.vsock {
-        devices.attach(VsockDevice::new(vsock)?)?;
+        let device = VsockDevice::new(vsock)?;
+        counters.push(DeviceCounters::Vsock {
+            cid: device.cid(),
+            counters: device.counters(),
+        });
+        devices.attach(device)?;
     }
     Ok(())
 }
@@ -339,8 +356,8 @@ pub fn build(
 
     let (pio_bus, console) = legacy_devices(&vm, output, input, exit, event_loop)?;
     let mut virtio = MmioDevices::new(&vm, &memory, event_loop);
-    let mut nics = Vec::new();
-    attach_virtio_devices(config, &mut virtio, &mut nics)?;
+    let mut counters = Vec::new();
+    attach_virtio_devices(config, &mut virtio, &mut counters)?;
     let (mmio_bus, slots) = virtio.finish();
     let virtio_devices: Vec<acpi::MmioDeviceInfo> = slots.used().iter().map(MmioSlot::acpi_info).collect();
 
@@ -396,6 +413,6 @@ pub fn build(
         vm_fd: vm,
         memory,
         console,
-        nics,
+        counters,
     })
 }

@@ -19,7 +19,7 @@ use crate::terminal::RawTerminal;
 use crate::vstate::memory::{proc_kib, resident_bytes};
 use crate::vstate::vcpu::{self, VcpuHandle};
 
-pub use builder::{BuildError, NicCounters};
+pub use builder::{BuildError, DeviceCounters};
 use signals::ExitWatcher;
 
 #[derive(Debug, thiserror::Error)]
@@ -139,8 +139,8 @@ pub fn run_vm(config: &VmConfig, io: ConsoleIo) -> Result<ExitReason, VmmError> 
     }
     // The event loop (and the devices it holds) go before guest memory.
     drop(event_loop);
-    for nic in &vm.nics {
-        log::info!("virtio-net {}: {}", nic.tap, nic.counters.snapshot());
+    for device in &vm.counters {
+        log::info!("{device}");
     }
     if left_behind > 0 {
         // That thread may still run the guest or a device. Unmapped, guest
