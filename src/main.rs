@@ -4,11 +4,14 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand};
 
 use kiln::config::{self, VmConfig};
-use kiln::vmm::{self, ConsoleIo};
+use kiln::metrics::{MetricsFile, MetricsRecord, RunEnd};
+use kiln::timeline::BootTimeline;
+use kiln::vmm::{self, BootHooks, ConsoleIo};
 use kiln::vstate::kvm::{HostKind, PVM_HINT};
 
 #[derive(Parser)]
@@ -81,6 +84,16 @@ struct BootArgs {
     /// Boot a Linux kernel even where KVM is known not to run one (PVM hosts).
     #[arg(long)]
     force: bool,
+    /// Print one line on stderr when the guest reaches user space (writes
+    /// 123 to the boot-timer device at 0xc0000000), with the time of each
+    /// earlier phase in ms since kiln started.
+    #[arg(long)]
+    boot_timer: bool,
+    /// Write one JSON record to PATH when kiln exits: each boot phase in µs
+    /// since kiln started (null if not reached), CPU time, peak RSS and how
+    /// the guest stopped.
+    #[arg(long, value_name = "PATH")]
+    metrics: Option<PathBuf>,
 }
 
 impl BootArgs {
@@ -108,17 +121,21 @@ fn fail(code: u8, message: impl std::fmt::Display) -> ExitCode {
 }
 
 /// Finds or builds the default guest; fills in its initrd unless given.
-fn default_guest(args: &mut BootArgs) -> Result<PathBuf, ExitCode> {
+/// Errors are host/setup errors (exit status 1).
+fn default_guest(args: &mut BootArgs) -> Result<PathBuf, String> {
     // Refuse before a multi-minute build whose result could not boot here.
     if !HostKind::detect().boots_linux() && !args.force {
-        return Err(fail(1, PVM_HINT));
+        return Err(PVM_HINT.to_string());
     }
-    let guest = kiln::default_guest::ensure().map_err(|e| fail(1, e))?;
+    let guest = kiln::default_guest::ensure().map_err(|e| e.to_string())?;
     args.initrd.get_or_insert(guest.initrd);
     Ok(guest.kernel)
 }
 
 fn main() -> ExitCode {
+    // "Process start" for --boot-timer and --metrics: before anything else
+    // kiln does (the dynamic loader and Rust's runtime set-up come before).
+    let timeline = Arc::new(BootTimeline::starting_now());
     env_logger::Builder::from_env(env_logger::Env::new().filter_or("KILN_LOG", "error")).init();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -150,32 +167,65 @@ fn main() -> ExitCode {
             }
             Err(e) => fail(1, e),
         },
-        Command::Boot(mut args) => {
-            let kernel = match args.kernel.take() {
-                Some(k) => k,
-                None => match default_guest(&mut args) {
-                    Ok(k) => k,
-                    Err(code) => return code,
-                },
+        Command::Boot(args) => {
+            // A bad --metrics path fails before a guest build or boot.
+            let metrics = match args.metrics.as_deref().map(MetricsFile::check).transpose() {
+                Ok(m) => m,
+                Err(e) => return fail(1, e),
             };
-            let config = match args.into_config(kernel) {
-                Ok(c) => c,
-                Err(e) => return fail(2, e),
-            };
-            let io = match ConsoleIo::stdio() {
-                Ok(io) => io,
-                Err(e) => return fail(1, format!("cannot use stdout for the guest console: {e}")),
-            };
-            match vmm::run_vm(&config, io) {
-                Ok(reason) => {
-                    let code = reason.exit_code();
-                    match reason.message() {
-                        Some(m) => fail(code.clamp(0, 255) as u8, m),
-                        None => ExitCode::from(code.clamp(0, 255) as u8),
-                    }
+            let (end, code) = boot(args, &timeline);
+            if let Some(file) = metrics {
+                if let Err(e) = file.write(&MetricsRecord::now(&timeline, &end, i32::from(code))) {
+                    // The run's own failure, if any, says more.
+                    return fail(if code == 0 { 1 } else { code }, e);
                 }
-                Err(e) => fail(e.exit_code() as u8, e),
             }
+            ExitCode::from(code)
         }
+    }
+}
+
+/// `kiln boot`: runs the guest, prints a line if it or kiln failed, and
+/// returns how the run ended with kiln's exit status.
+fn boot(mut args: BootArgs, timeline: &Arc<BootTimeline>) -> (RunEnd, u8) {
+    let error = |code: u8, message: &dyn std::fmt::Display| {
+        eprintln!("kiln: {message}");
+        (RunEnd::Error, code)
+    };
+    let boot_timer = args.boot_timer;
+    let kernel = match args.kernel.take() {
+        Some(k) => k,
+        None => match default_guest(&mut args) {
+            Ok(k) => k,
+            Err(e) => return error(1, &e),
+        },
+    };
+    let config = match args.into_config(kernel) {
+        Ok(c) => c,
+        Err(e) => return error(2, &e),
+    };
+    let io = match ConsoleIo::stdio() {
+        Ok(io) => io,
+        Err(e) => return error(1, &format!("cannot use stdout for the guest console: {e}")),
+    };
+    let hooks = BootHooks {
+        timeline: timeline.clone(),
+        on_user_space: boot_timer.then(|| {
+            Box::new(|t: &BootTimeline| {
+                if let Some(line) = t.user_space_report() {
+                    eprintln!("kiln: {line}");
+                }
+            }) as vmm::UserSpaceReport
+        }),
+    };
+    match vmm::run_vm_with(&config, io, hooks) {
+        Ok(reason) => {
+            let code = reason.exit_code().clamp(0, 255) as u8;
+            if let Some(m) = reason.message() {
+                eprintln!("kiln: {m}");
+            }
+            (RunEnd::Guest(reason), code)
+        }
+        Err(e) => error(e.exit_code() as u8, &e),
     }
 }

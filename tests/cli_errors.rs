@@ -163,6 +163,37 @@ fn command_line_too_long() {
     );
 }
 
+/// A --metrics file that could not be written is refused before the boot
+/// (and before any default-guest build), not after the run.
+#[test]
+fn metrics_path_in_a_missing_directory_fails_at_once_and_errors_are_recorded() {
+    let dir = scratch("metrics-path");
+    let k = hello(&dir);
+    let k = k.to_str().unwrap();
+    let missing = dir.join("nope/m.json");
+    let out = run_kiln(
+        &["boot", "--kernel", k, "--metrics", missing.to_str().unwrap()],
+        TIMEOUT,
+    );
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
+    assert!(out.stderr.contains("does not exist"), "{}", out.stderr);
+    assert!(out.stdout.is_empty(), "the guest ran: {}", out.stdout);
+    one_line(&["boot", "--metrics", dir.to_str().unwrap()], 1, "is a directory");
+    // Past that check, a failure still leaves a record saying so.
+    let path = dir.join("m.json");
+    let path = path.to_str().unwrap();
+    one_line(
+        &["boot", "--kernel", k, "--cpus", "0", "--metrics", path],
+        2,
+        "--cpus",
+    );
+    let record: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    assert_eq!(record["exit_reason"], "error");
+    assert_eq!(record["exit_code"], 2);
+    assert!(record["phases_us"]["vm_created"].is_null(), "{record}");
+}
+
 #[test]
 fn unknown_flag_is_a_usage_error() {
     one_line(&["boot", "--kernal", "x"], 2, "--kernal");

@@ -678,3 +678,81 @@ fn output_faster_than_the_reader_holds_the_guest_back_and_arrives_intact() {
     assert_eq!(got.len(), want.len(), "bytes lost or added");
     assert!(got == want, "output corrupted");
 }
+
+/// The boot-timer page (0xc0000000) and the metrics' phase names, in order.
+const BOOT_TIMER: &str = "    mov $0xc0000000, %rax\n";
+const PHASES: [&str; 8] = [
+    "process_start",
+    "vm_created",
+    "memory_mapped",
+    "kernel_loaded",
+    "devices_ready",
+    "first_kvm_run",
+    "user_space",
+    "guest_exit",
+];
+
+/// Boots `body` (then a reset) with `--boot-timer --metrics`; returns the
+/// outcome and the metrics record.
+fn boot_timed(name: &str, body: &str) -> (common::Outcome, serde_json::Value) {
+    let dir = scratch(name);
+    let src =
+        format!(".code64\n.globl _start\n_start:\n{BOOT_TIMER}{body}{RESET}{PUTS}msg: .asciz \"up\\n\"\n");
+    let metrics = dir.join("metrics.json");
+    let out = boot(
+        &assemble(&dir, name, &src),
+        &["--boot-timer", "--metrics", metrics.to_str().unwrap()],
+    );
+    assert_eq!(out.code, Some(0), "stderr: {}", out.stderr);
+    let text = std::fs::read_to_string(&metrics).expect("kiln wrote --metrics");
+    (out, serde_json::from_str(&text).expect("--metrics is JSON"))
+}
+
+/// A one-byte write of 123 (after a 7, before a second 123) gives one
+/// `--boot-timer` line, and `--metrics` has every phase, in boot order.
+#[test]
+fn boot_timer_write_is_reported_and_metrics_have_every_phase_in_order() {
+    let body = "    movb $7, (%rax)\n    movb $123, (%rax)\n    movb $123, (%rax)\n    lea msg(%rip), %rsi\n    call puts\n";
+    let (out, record) = boot_timed("boot-timer", body);
+    assert_eq!(out.stdout, "up\n");
+    let lines: Vec<&str> = out.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "want one line: {}", out.stderr);
+    assert!(
+        lines[0].starts_with("kiln: boot: user space reached at "),
+        "{}",
+        lines[0]
+    );
+    assert!(lines[0].ends_with(" ms after start)"), "{}", lines[0]);
+    for phase in &PHASES[1..6] {
+        assert!(lines[0].contains(&format!("{phase} ")), "{phase}: {}", lines[0]);
+    }
+    let times: Vec<u64> = PHASES
+        .iter()
+        .map(|p| {
+            record["phases_us"][p]
+                .as_u64()
+                .unwrap_or_else(|| panic!("{p} missing: {record}"))
+        })
+        .collect();
+    assert_eq!(times[0], 0);
+    assert!(times.windows(2).all(|w| w[0] <= w[1]), "not monotonic: {record}");
+    assert_eq!(record["exit_reason"], "reset");
+    assert_eq!(record["exit_code"], 0);
+    assert!(record["peak_rss_kib"].as_u64().is_some_and(|k| k > 0), "{record}");
+    assert!(
+        record["cpu_user_us"].is_u64() && record["cpu_sys_us"].is_u64(),
+        "{record}"
+    );
+}
+
+/// Other values, offsets and widths are not "user space reached".
+#[test]
+fn boot_timer_ignores_other_values_offsets_and_widths() {
+    let body = "    movb $122, (%rax)\n    movb $124, (%rax)\n    movb $123, 1(%rax)\n    movw $123, (%rax)\n    movl $123, (%rax)\n";
+    let (out, record) = boot_timed("boot-timer-ignored", body);
+    assert!(out.stderr.is_empty(), "unexpected stderr: {}", out.stderr);
+    assert!(record["phases_us"]["user_space"].is_null(), "{record}");
+    for phase in ["first_kvm_run", "guest_exit"] {
+        assert!(record["phases_us"][phase].is_u64(), "{phase}: {record}");
+    }
+}

@@ -1,6 +1,7 @@
 //! Build and run a VM from a [`VmConfig`]: the VMM thread's event loop
 //! beside one thread per vCPU, and an orderly teardown.
 
+mod boot_report;
 mod builder;
 mod signals;
 mod teardown;
@@ -16,9 +17,11 @@ pub use crate::devices::legacy::serial::ConsoleInput;
 use crate::devices::EventLoop;
 use crate::exit::ExitReason;
 use crate::terminal::RawTerminal;
+use crate::timeline::Phase;
 use crate::vstate::memory::{proc_kib, resident_bytes};
 use crate::vstate::vcpu::{self, VcpuHandle};
 
+pub use boot_report::{BootHooks, UserSpaceReport};
 pub use builder::{BuildError, DeviceCounters};
 use signals::ExitWatcher;
 
@@ -89,6 +92,12 @@ impl ConsoleIo {
 
 /// Boots the VM described by `config` and runs it until it stops.
 pub fn run_vm(config: &VmConfig, io: ConsoleIo) -> Result<ExitReason, VmmError> {
+    run_vm_with(config, io, BootHooks::default())
+}
+
+/// [`run_vm`], recording the boot's phases on `hooks.timeline` and
+/// reporting user space through `hooks.on_user_space`.
+pub fn run_vm_with(config: &VmConfig, io: ConsoleIo, hooks: BootHooks) -> Result<ExitReason, VmmError> {
     config.validate()?;
     let ConsoleIo {
         output,
@@ -102,7 +111,17 @@ pub fn run_vm(config: &VmConfig, io: ConsoleIo) -> Result<ExitReason, VmmError> 
     let watcher = ExitWatcher::new(handle_signals).map_err(BuildError::Setup)?;
     let exit = watcher.notifier();
     let mut event_loop: EventLoop = EventManager::new().map_err(VmmError::EventLoop)?;
-    let vm = builder::build(config, output, input, &exit, &mut event_loop)?;
+    let timeline = hooks.timeline.clone();
+    let (boot_timer, reporter) = boot_report::user_space_wiring(hooks).map_err(BuildError::Setup)?;
+    if let Some(reporter) = reporter {
+        event_loop
+            .add_subscriber(Arc::new(Mutex::new(reporter)) as Arc<Mutex<dyn MutEventSubscriber + Send>>);
+    }
+    let instruments = builder::BootInstruments {
+        timeline: timeline.clone(),
+        boot_timer,
+    };
+    let vm = builder::build(config, output, input, &exit, &mut event_loop, instruments)?;
     event_loop.add_subscriber(Arc::new(Mutex::new(watcher)) as Arc<Mutex<dyn MutEventSubscriber + Send>>);
 
     vcpu::install_kick_handler().map_err(BuildError::Setup)?;
@@ -124,6 +143,7 @@ pub fn run_vm(config: &VmConfig, io: ConsoleIo) -> Result<ExitReason, VmmError> 
             result = Err(VmmError::EventLoop(e));
         }
     }
+    timeline.record(Phase::GuestExit);
     let left_behind = vcpu::stop_all(&stop, handles);
     // What the guest printed last goes out, with a bounded wait.
     crate::sync::lock(&vm.console).finish();

@@ -15,6 +15,7 @@ use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
 use crate::devices::bus::Bus;
 use crate::exit::{ExitNotifier, ExitReason};
+use crate::timeline::{BootTimeline, Phase};
 use crate::vstate::kvm::{HostKind, PVM_HINT};
 
 /// The real-time signal offset used to kick vCPU threads out of KVM_RUN.
@@ -55,6 +56,8 @@ pub struct Vcpu {
     pub mmio_bus: Arc<Bus>,
     pub exit: ExitNotifier,
     pub host: HostKind,
+    /// Where the first KVM_RUN of the VM is recorded.
+    pub timeline: Arc<BootTimeline>,
 }
 
 impl Vcpu {
@@ -63,6 +66,8 @@ impl Vcpu {
     pub fn run(mut self, stop: &AtomicBool) {
         let immediate_exit = &mut self.fd.get_kvm_run().immediate_exit as *mut u8;
         IMMEDIATE_EXIT.with(|p| p.set(immediate_exit));
+        // Once per thread, before the loop: the first vCPU to get here wins.
+        self.timeline.record(Phase::FirstKvmRun);
         // A device on this vCPU (i8042, ACPI) may have asked for the stop:
         // leave at once rather than halt in KVM_RUN until kicked.
         while !stop.load(Ordering::Acquire) && !self.exit.is_stopping() {

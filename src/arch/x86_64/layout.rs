@@ -41,7 +41,11 @@ pub const HIMEM_START: u64 = 0x100000;
 /// The 32-bit MMIO hole: guest RAM that would overlap it moves above 4 GiB.
 pub const MMIO_GAP_START: u64 = 0xc000_0000;
 pub const MMIO_GAP_END: u64 = 0x1_0000_0000;
-/// virtio-mmio device windows, one page each, from the start of the gap.
+/// The boot-timer device (the guest writes 123 here once its user space
+/// runs): Firecracker's address, the first page of the gap.
+pub const BOOT_TIMER_START: u64 = 0xc000_0000;
+pub const BOOT_TIMER_SIZE: u64 = 0x1000;
+/// virtio-mmio device windows, one page each, after the boot timer.
 pub const VIRTIO_MMIO_START: u64 = 0xd000_0000;
 pub const VIRTIO_MMIO_SIZE: u64 = 0x1000;
 pub const IOAPIC_START: u64 = 0xfec0_0000;
@@ -72,6 +76,8 @@ const _: () = {
     assert!(ZERO_PAGE_START + 4096 <= PML4_START);
     assert!(PDE_START + BOOT_IDENTITY_MAP_GIB * 4096 <= CMDLINE_START);
     assert!(CMDLINE_START + CMDLINE_MAX_SIZE as u64 <= EBDA_START);
+    assert!(BOOT_TIMER_START >= MMIO_GAP_START);
+    assert!(BOOT_TIMER_START + BOOT_TIMER_SIZE <= VIRTIO_MMIO_START);
     assert!(VIRTIO_MMIO_START + MAX_VIRTIO_DEVICES as u64 * VIRTIO_MMIO_SIZE <= IOAPIC_START);
 };
 

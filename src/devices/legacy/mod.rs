@@ -1,6 +1,8 @@
-//! Legacy platform devices: UART, i8042, pvpanic, ACPI power register.
+//! Legacy platform devices: UART, i8042, pvpanic, ACPI power register,
+//! boot timer.
 
 pub mod acpi_pm;
+pub mod boot_timer;
 pub mod console_output;
 pub mod host_output;
 pub mod i8042;

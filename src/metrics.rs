@@ -1,0 +1,258 @@
+//! The `--metrics` record: one JSON object written when kiln exits, for
+//! scripts (benchmarks, CI) to read.
+//!
+//! ```json
+//! {"phases_us":{"process_start":0,"vm_created":612,...,"user_space":null,"guest_exit":5210},
+//!  "cpu_user_us":1200,"cpu_sys_us":3400,"peak_rss_kib":2900,
+//!  "exit_reason":"power-off","exit_code":0}
+//! ```
+//! Phases are µs since process start (see [`crate::timeline::Phase`]),
+//! each `null` if not reached. The file is written beside its final name
+//! and renamed over it, so a reader never sees half a record.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::ser::SerializeMap;
+use serde::{Serialize, Serializer};
+
+use crate::exit::ExitReason;
+use crate::timeline::BootTimeline;
+use crate::vstate::memory::proc_kib;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    #[error("--metrics {path}: directory {dir} does not exist; create it or pick another path")]
+    NoDirectory { path: String, dir: String },
+    #[error("--metrics {path} is a directory; give a file name")]
+    IsDirectory { path: String },
+    #[error("cannot write --metrics {path}: {source}")]
+    Write { path: String, source: std::io::Error },
+}
+
+/// Where the record goes, checked before the VM starts.
+#[derive(Debug, Clone)]
+pub struct MetricsFile {
+    path: PathBuf,
+}
+
+impl MetricsFile {
+    /// Accepts `path` if its directory exists and it is not a directory
+    /// itself, so a typo fails at once rather than after the whole run.
+    pub fn check(path: &Path) -> Result<Self, MetricsError> {
+        let shown = path.display().to_string();
+        if path.is_dir() || path.file_name().is_none() {
+            return Err(MetricsError::IsDirectory { path: shown });
+        }
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        if !dir.is_dir() {
+            return Err(MetricsError::NoDirectory {
+                path: shown,
+                dir: dir.display().to_string(),
+            });
+        }
+        Ok(Self {
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Writes `record` as one line of JSON: to a temporary file in the
+    /// same directory, then renamed over the final name.
+    pub fn write(&self, record: &MetricsRecord) -> Result<(), MetricsError> {
+        let err = |source| MetricsError::Write {
+            path: self.path.display().to_string(),
+            source,
+        };
+        let mut text = serde_json::to_vec(record).map_err(|e| err(e.into()))?;
+        text.push(b'\n');
+        let name = self.path.file_name().unwrap_or_default().to_string_lossy();
+        let tmp = self
+            .path
+            .with_file_name(format!(".{name}.tmp{}", std::process::id()));
+        let result = std::fs::File::create(&tmp)
+            .and_then(|mut f| f.write_all(&text))
+            .and_then(|()| std::fs::rename(&tmp, &self.path));
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result.map_err(err)
+    }
+}
+
+/// How the run ended, as the record names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunEnd {
+    /// The guest stopped (or was stopped) for this reason.
+    Guest(ExitReason),
+    /// kiln could not build or run the VM (exit status 1 or 2).
+    Error,
+}
+
+impl RunEnd {
+    fn name(&self) -> &'static str {
+        match self {
+            RunEnd::Guest(ExitReason::PowerOff) => "power-off",
+            RunEnd::Guest(ExitReason::Reset) => "reset",
+            RunEnd::Guest(ExitReason::GuestPanic) => "guest-panic",
+            RunEnd::Guest(ExitReason::TripleFault { .. }) => "triple-fault",
+            RunEnd::Guest(ExitReason::InternalError { .. }) => "internal-error",
+            RunEnd::Guest(ExitReason::UnhandledExit { .. }) => "unhandled-exit",
+            RunEnd::Guest(ExitReason::Signal(_)) => "signal",
+            RunEnd::Error => "error",
+        }
+    }
+}
+
+/// Every phase by name, µs since the origin or null, in boot order.
+struct PhasesUs<'a>(&'a BootTimeline);
+
+impl Serialize for PhasesUs<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let phases = self.0.snapshot();
+        let mut map = serializer.serialize_map(Some(phases.len()))?;
+        for (phase, at) in phases {
+            let us = at.map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+            map.serialize_entry(phase.name(), &us)?;
+        }
+        map.end()
+    }
+}
+
+/// The record written at exit.
+#[derive(Serialize)]
+pub struct MetricsRecord<'a> {
+    phases_us: PhasesUs<'a>,
+    cpu_user_us: u64,
+    cpu_sys_us: u64,
+    /// The process's peak resident set (VmHWM), guest pages it touched
+    /// included.
+    peak_rss_kib: Option<u64>,
+    exit_reason: &'static str,
+    exit_code: i32,
+}
+
+impl<'a> MetricsRecord<'a> {
+    /// The record for this process now: `timeline`'s phases, the CPU time
+    /// and peak memory of every thread so far, and how the run ended.
+    pub fn now(timeline: &'a BootTimeline, end: &RunEnd, exit_code: i32) -> Self {
+        let (cpu_user_us, cpu_sys_us) = cpu_time_us();
+        Self {
+            phases_us: PhasesUs(timeline),
+            cpu_user_us,
+            cpu_sys_us,
+            // ru_maxrss would include the image of the process that
+            // exec'd kiln; VmHWM is kiln's own.
+            peak_rss_kib: proc_kib("/proc/self/status", "VmHWM"),
+            exit_reason: end.name(),
+            exit_code,
+        }
+    }
+}
+
+/// User and system CPU time of this process (all its threads), in µs.
+fn cpu_time_us() -> (u64, u64) {
+    // SAFETY: rusage is plain data; getrusage fills it in or fails.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `usage` is a valid rusage to write to.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+        return (0, 0);
+    }
+    let us = |t: libc::timeval| (t.tv_sec.max(0) as u64) * 1_000_000 + t.tv_usec.max(0) as u64;
+    (us(usage.ru_utime), us(usage.ru_stime))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::timeline::Phase;
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("kiln-metrics-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn check_refuses_missing_directories_and_directories() {
+        let dir = scratch("check");
+        let missing = dir.join("nope/m.json");
+        let e = MetricsFile::check(&missing).unwrap_err().to_string();
+        assert!(e.contains("does not exist") && e.contains("nope"), "{e}");
+        let e = MetricsFile::check(&dir).unwrap_err().to_string();
+        assert!(e.contains("is a directory"), "{e}");
+        assert!(MetricsFile::check(Path::new("/")).is_err());
+        assert!(MetricsFile::check(&dir.join("m.json")).is_ok());
+        // A bare file name is in the current directory, which exists.
+        assert!(MetricsFile::check(Path::new("m.json")).is_ok());
+    }
+
+    #[test]
+    fn record_has_every_phase_in_order_with_nulls_for_missing_ones() {
+        let timeline = BootTimeline::with_origin(Instant::now() - Duration::from_millis(3));
+        timeline.record(Phase::VmCreated);
+        timeline.record(Phase::GuestExit);
+        let record = MetricsRecord::now(&timeline, &RunEnd::Guest(ExitReason::PowerOff), 0);
+        let text = serde_json::to_string(&record).unwrap();
+        let names: Vec<usize> = Phase::ALL.iter().map(|p| text.find(p.name()).unwrap()).collect();
+        assert!(names.windows(2).all(|w| w[0] < w[1]), "{text}");
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let phases = &v["phases_us"];
+        assert_eq!(phases["process_start"], 0);
+        assert!(phases["vm_created"].as_u64().unwrap() >= 3000, "{text}");
+        assert!(phases["user_space"].is_null());
+        assert_eq!(v["exit_reason"], "power-off");
+        assert_eq!(v["exit_code"], 0);
+        // CPU time may round to 0 in a short test; its presence is the point.
+        assert!(v["cpu_user_us"].is_u64() && v["cpu_sys_us"].is_u64(), "{text}");
+        assert!(v["peak_rss_kib"].as_u64().unwrap() > 0);
+    }
+
+    #[test]
+    fn write_replaces_the_file_whole_and_leaves_no_temporary() {
+        let dir = scratch("write");
+        let path = dir.join("m.json");
+        std::fs::write(&path, "old").unwrap();
+        let timeline = BootTimeline::starting_now();
+        let file = MetricsFile::check(&path).unwrap();
+        file.write(&MetricsRecord::now(&timeline, &RunEnd::Error, 1))
+            .unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["exit_reason"], "error");
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
+        // The directory went away since the check: a clear error, no panic.
+        std::fs::remove_dir_all(&dir).unwrap();
+        let e = file
+            .write(&MetricsRecord::now(&timeline, &RunEnd::Error, 1))
+            .unwrap_err();
+        assert!(e.to_string().starts_with("cannot write --metrics"), "{e}");
+    }
+
+    #[test]
+    fn every_exit_reason_has_a_distinct_name() {
+        let ends = [
+            RunEnd::Guest(ExitReason::PowerOff),
+            RunEnd::Guest(ExitReason::Reset),
+            RunEnd::Guest(ExitReason::GuestPanic),
+            RunEnd::Guest(ExitReason::TripleFault { vcpu: 0 }),
+            RunEnd::Guest(ExitReason::InternalError {
+                vcpu: 0,
+                detail: String::new(),
+            }),
+            RunEnd::Guest(ExitReason::UnhandledExit {
+                vcpu: 0,
+                detail: String::new(),
+            }),
+            RunEnd::Guest(ExitReason::Signal(15)),
+            RunEnd::Error,
+        ];
+        let names: std::collections::HashSet<&str> = ends.iter().map(RunEnd::name).collect();
+        assert_eq!(names.len(), ends.len());
+    }
+}
