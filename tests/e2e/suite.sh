@@ -59,9 +59,14 @@ wanted() { [ -z "${ONLY:-}" ] || case " $ONLY " in *" $1 "*) return 0 ;; *) retu
 
 # 1. vmlinux (PVH entry) + initramfs reaches /init and powers off (ACPI S5).
 if wanted boot-vmlinux; then
-  run_kiln boot-vmlinux --kernel "$KERNEL" --initrd "$INITRD"
-  if [ "$status" = 0 ] && has boot-vmlinux KILN-GUEST-READY; then pass boot-vmlinux "ready in ${ready}s"
-  else fail boot-vmlinux "status=$status ready=$ready"; fi
+  run_kiln boot-vmlinux --kernel "$KERNEL" --initrd "$INITRD" --boot-timer --metrics "$OUT/boot-vmlinux.json"
+  # /init's first act is the boot-timer write (0xc0000000 <- 123): kiln
+  # must have seen it, both in the --boot-timer line and in --metrics.
+  user_space=$(sed -n 's/.*"user_space":\([0-9]*\).*/\1/p' "$OUT/boot-vmlinux.json" 2>/dev/null)
+  if [ "$status" != 0 ] || ! has boot-vmlinux KILN-GUEST-READY; then fail boot-vmlinux "status=$status ready=$ready"
+  elif [ -z "$user_space" ]; then fail boot-vmlinux "no user_space phase in --metrics: $(cat "$OUT/boot-vmlinux.json" 2>/dev/null)"
+  elif ! grep -q 'kiln: boot: user space reached' "$OUT/boot-vmlinux.err"; then fail boot-vmlinux "no --boot-timer line on stderr"
+  else pass boot-vmlinux "ready in ${ready}s, user space at $((user_space / 1000)) ms by the boot timer"; fi
 fi
 
 # 2. --cpus, --memory and --cmdline reach the guest.
