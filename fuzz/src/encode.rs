@@ -56,3 +56,43 @@ pub fn encode_rest<T: Encode>(items: &[T]) -> Vec<u8> {
     }
     out
 }
+
+impl<A: Encode, B: Encode> Encode for (A, B) {
+    fn encode(&self, out: &mut Vec<u8>) {
+        self.0.encode(out);
+        self.1.encode(out);
+    }
+}
+
+impl<T: Encode> Encode for Option<T> {
+    fn encode(&self, out: &mut Vec<u8>) {
+        match self {
+            None => false.encode(out),
+            Some(value) => {
+                true.encode(out);
+                value.encode(out);
+            }
+        }
+    }
+}
+
+/// A `Vec` as the last field of an input, read with `arbitrary_take_rest`
+/// (elsewhere `arbitrary` reads a length first: not supported here).
+impl<T: Encode> Encode for Vec<T> {
+    fn encode(&self, out: &mut Vec<u8>) {
+        out.extend(encode_rest(self));
+    }
+}
+
+/// `Encode` for a struct: its fields in order, as `derive(Arbitrary)`
+/// reads them.
+#[macro_export]
+macro_rules! encode_fields {
+    ($name:ident { $($field:ident),* $(,)? }) => {
+        impl $crate::encode::Encode for $name {
+            fn encode(&self, out: &mut Vec<u8>) {
+                $($crate::encode::Encode::encode(&self.$field, out);)*
+            }
+        }
+    };
+}

@@ -7,6 +7,8 @@ pub mod encode;
 pub mod mmio_input;
 pub mod net_input;
 pub mod queue_input;
+pub mod vsock_driver;
+pub mod vsock_input;
 
 use std::path::Path;
 use std::sync::Arc;

@@ -34,8 +34,9 @@ const FORBIDDEN: EventSet = EventSet::EDGE_TRIGGERED
     .union(EventSet::WAKE_UP);
 
 /// One registered fd.
+#[doc(hidden)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Watch {
+pub struct Watch {
     pub token: u64,
     /// Changes with every add or modify, so the handler can tell whether
     /// the device touched the fd while handling its event.
@@ -161,8 +162,10 @@ impl HostEvents {
         self.len() == 0
     }
 
-    /// Ready fds, without waiting: (fd, what is ready).
-    pub(crate) fn ready(&self, events: &mut [EpollEvent]) -> io::Result<usize> {
+    /// Ready fds, without waiting: (fd, what is ready). Public for the
+    /// fuzz harness, which plays the transport's handler.
+    #[doc(hidden)]
+    pub fn ready(&self, events: &mut [EpollEvent]) -> io::Result<usize> {
         match self.epoll.wait(0, events) {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(0),
             other => other,
@@ -170,14 +173,16 @@ impl HostEvents {
     }
 
     /// What `fd` is registered as, if it still is.
-    pub(crate) fn lookup(&self, fd: RawFd) -> Option<Watch> {
+    #[doc(hidden)]
+    pub fn lookup(&self, fd: RawFd) -> Option<Watch> {
         self.registry().watched.get(&fd).copied()
     }
 
     /// Removes `fd` if it is still registered as `watch`: after a hang-up
     /// or error the device did not answer by registering it again, which
     /// would otherwise be reported forever. Returns whether it did.
-    pub(crate) fn forget_unless_changed(&self, fd: RawFd, watch: Watch) -> bool {
+    #[doc(hidden)]
+    pub fn forget_unless_changed(&self, fd: RawFd, watch: Watch) -> bool {
         let mut registry = self.registry();
         if registry.watched.get(&fd) != Some(&watch) {
             return false;

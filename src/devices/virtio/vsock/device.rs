@@ -119,8 +119,9 @@ impl VsockDevice {
         self.counters.snapshot()
     }
 
-    #[cfg(test)]
-    pub(crate) fn muxer(&self) -> Option<&Muxer> {
+    /// The connections, while active (for tests and the fuzz harness).
+    #[doc(hidden)]
+    pub fn muxer(&self) -> Option<&Muxer> {
         self.active.as_ref().map(|a| &a.muxer)
     }
 

@@ -11,7 +11,7 @@
 //! free it (back-pressure, not loss).
 
 use std::collections::{HashMap, VecDeque};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -48,6 +48,19 @@ pub const TICK: Duration = Duration::from_millis(250);
 pub const MAX_STRAY_RSTS: usize = 256;
 /// Connections accepted per call (bounded work per host event).
 pub const ACCEPTS_PER_CALL: usize = 16;
+
+/// The deadline timer. Non-blocking: the device contract allows a call
+/// for an fd that is not ready, and reading a timer that has not expired
+/// would wait for it (forever, when it is not armed).
+fn nonblocking_timer() -> std::io::Result<TimerFd> {
+    // SAFETY: plain timerfd_create(2); the result is checked.
+    let fd = unsafe { libc::timerfd_create(libc::CLOCK_MONOTONIC, libc::TFD_NONBLOCK | libc::TFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a timerfd we just created and nothing else owns.
+    Ok(unsafe { TimerFd::from_raw_fd(fd) })
+}
 
 /// What the TX path did with a packet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -92,7 +105,7 @@ impl Muxer {
         host_events: Arc<HostEvents>,
         counters: Arc<VsockCounters>,
     ) -> std::io::Result<Self> {
-        let timer = host_events.watch(TimerFd::new()?, TOKEN_TIMER, EventSet::IN)?;
+        let timer = host_events.watch(nonblocking_timer()?, TOKEN_TIMER, EventSet::IN)?;
         Ok(Self {
             guest_cid,
             socket,
@@ -585,7 +598,8 @@ impl Muxer {
     /// Deadlines: handshakes that took too long, guests that did not
     /// answer, closings that did not drain. Resumes a paused listener.
     pub fn tick(&mut self, listener: &VsockListener) {
-        // Read the expirations so the timer stops being readable.
+        // Read the expirations so the timer stops being readable (EAGAIN
+        // on a spurious call: nothing expired).
         let _ = self.timer.get_mut().wait();
         let now = Instant::now();
         let late: Vec<u64> = self
