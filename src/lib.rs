@@ -13,6 +13,7 @@ pub mod config;
 pub mod default_guest;
 pub mod devices;
 pub mod exit;
+pub mod sandbox;
 pub mod sync;
 pub mod terminal;
 pub mod vmm;
