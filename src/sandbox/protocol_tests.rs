@@ -198,6 +198,8 @@ fn hello_from_a_stranger_is_refused() {
             version: PROTOCOL_VERSION,
         };
         write_frame(&mut b, &other, "test").unwrap();
+        // Stay connected until our hello is in, or its write could fail first.
+        let _ = read_frame::<_, Hello>(&mut b, "test");
     });
     let err = exchange_hello(&mut a, "guest agent").unwrap_err();
     assert!(
