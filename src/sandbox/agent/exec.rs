@@ -262,12 +262,14 @@ pub(super) fn serve<C: Conn>(mut conn: C, req: ExecRequest, reaper: &Reaper) -> 
         }
     };
     // Leaving before the command finished: the host is gone or broke the
-    // protocol, and nobody would read the output.
-    proc.signal(libc::SIGKILL);
+    // protocol, and nobody would read the output. The error goes out and
+    // the connection closes first, so that the `Exited` the kill causes
+    // cannot end the connection before the host hears why.
     if let Err(e) = &result {
         try_send_error(&writer, &e.to_string());
         let _ = conn.shutdown(Shutdown::Both);
     }
+    proc.signal(libc::SIGKILL);
     result
 }
 

@@ -154,3 +154,89 @@ fn reap_all(shared: &Shared) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    const CHILD_ENV: &str = "KILN_REAPER_TEST_CHILD";
+
+    /// Pid1 mode reaps every child of the process, so it runs in a child
+    /// test process of its own (a subreaper, as PID 1 would be), not among
+    /// the other tests' children.
+    #[test]
+    fn pid1_mode_routes_statuses_and_reaps_orphans() {
+        let out = Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "sandbox::agent::reaper::tests::pid1_mode_in_child"])
+            .args(["--ignored", "--nocapture", "--test-threads=1"])
+            .env(CHILD_ENV, "1")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(text.contains("1 passed"), "{text}");
+    }
+
+    fn children() -> String {
+        let tasks = std::fs::read_dir("/proc/self/task").unwrap();
+        tasks
+            .map(|t| std::fs::read_to_string(t.unwrap().path().join("children")).unwrap())
+            .collect()
+    }
+
+    #[test]
+    #[ignore = "run by pid1_mode_routes_statuses_and_reaps_orphans in a process of its own"]
+    fn pid1_mode_in_child() {
+        if std::env::var_os(CHILD_ENV).is_none() {
+            return;
+        }
+        // SAFETY: prctl with integer arguments only changes this process's flag.
+        assert_eq!(unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) }, 0);
+        let reaper = Reaper::new(ReapMode::Pid1).unwrap();
+        // An orphan: the shell exits first, its background sleep is reparented here.
+        let (_, rx) = reaper
+            .spawn(Command::new("sh").args(["-c", "sleep 0.2 & exit 5"]))
+            .unwrap();
+        assert_eq!(
+            rx.recv_timeout(Duration::from_secs(5)).unwrap(),
+            ExitStatus::Code(5)
+        );
+        // A failed exec: std reaps that child itself and must find it there.
+        for _ in 0..20 {
+            let err = reaper.spawn(&mut Command::new("/nonexistent/kiln")).unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::NotFound);
+        }
+        let waits: Vec<_> = (0..20)
+            .map(|i| {
+                let (_, rx) = reaper
+                    .spawn(Command::new("sh").args(["-c", &format!("exit {i}")]))
+                    .unwrap();
+                (i, rx)
+            })
+            .collect();
+        for (i, rx) in waits {
+            assert_eq!(
+                rx.recv_timeout(Duration::from_secs(5)).unwrap(),
+                ExitStatus::Code(i)
+            );
+        }
+        let (child, rx) = reaper.spawn(Command::new("sleep").arg("100")).unwrap();
+        // SAFETY: kill only sends a signal.
+        unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+        assert_eq!(
+            rx.recv_timeout(Duration::from_secs(5)).unwrap(),
+            ExitStatus::Signal(libc::SIGKILL)
+        );
+        // The orphaned sleep is reaped too: no child, zombie or not, remains.
+        let t0 = Instant::now();
+        while !children().trim().is_empty() {
+            assert!(t0.elapsed() < Duration::from_secs(5), "left: {}", children());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
