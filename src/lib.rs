@@ -14,6 +14,7 @@ pub mod default_guest;
 pub mod devices;
 pub mod exit;
 pub mod metrics;
+pub mod sandbox;
 pub mod sync;
 pub mod terminal;
 pub mod timeline;
