@@ -4,6 +4,7 @@
 # Usage:
 #   build-initramfs.sh OUT.cpio.gz [--add SRC:DST]...
 #   build-initramfs.sh --default
+#   build-initramfs.sh --sandbox AGENT
 #
 # --add copies a host file or directory to guest path DST (repeatable); e.g.
 #   --add mytest.sh:/kiln/run/mytest   then boot with kiln.run=mytest
@@ -11,6 +12,10 @@
 #   ${KILN_CACHE:-$HOME/.cache/kiln}/initramfs/<key>/initramfs.cpio.gz
 # and prints its path; <key> = first 16 hex digits of sha256(guest/init,
 # this script, lib/guest-tree.sh, the busybox binary).
+# --sandbox builds the sandbox guest's initramfs the same way (cached, path
+# printed): busybox for users' commands, and AGENT (kiln's static guest
+# agent, which kiln writes out from its own binary) as /init; its key also
+# covers the agent's bytes.
 #
 # The archive is written by this script itself, not by cpio(1), so that
 #  - /dev/console is a real character device (5,1) without needing root or
@@ -31,19 +36,28 @@ usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
 
 out=''
 default=0
+agent=''
 adds=()
 while (( $# )); do
   case $1 in
     --add) (( $# >= 2 )) || die "--add needs SRC:DST"; adds+=("$2"); shift 2 ;;
     --add=*) adds+=("${1#--add=}"); shift ;;
     --default) default=1; shift ;;
+    --sandbox) (( $# >= 2 )) || die "--sandbox needs the agent binary"; agent=$2; default=1; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     -*) die "unknown option '$1' (try --help)" ;;
     *) [[ -z $out ]] || die "more than one output file given"; out=$1; shift ;;
   esac
 done
 if (( default )); then
-  [[ -z $out && ${#adds[@]} -eq 0 ]] || die "--default takes no output file or --add"
+  [[ -z $out && ${#adds[@]} -eq 0 ]] || die "--default and --sandbox take no output file or --add"
+  if [[ -n $agent ]]; then
+    [[ -f $agent && -x $agent ]] || die "--sandbox: $agent is not an executable file"
+    if LC_ALL=C readelf -l "$agent" 2>/dev/null | grep -q 'Requesting program interpreter'; then
+      die "--sandbox: $agent is dynamically linked; the sandbox guest has no libc"
+    fi
+    adds=("$agent:/init")
+  fi
 else
   [[ -n $out ]] || { usage >&2; exit 2; }
 fi
@@ -126,8 +140,10 @@ fi
 
 # ---- --default: cached stock initramfs ------------------------------------
 key=$({ printf 'busybox=%s\n' "$(busybox_identity)"
-        cat "$kiln_init" "$here/build-initramfs.sh" "$kiln_lib_dir/guest-tree.sh"; } | sha256sum | cut -c1-16)
+        cat "$kiln_init" "$here/build-initramfs.sh" "$kiln_lib_dir/guest-tree.sh"
+        [[ -z $agent ]] || cat "$agent"; } | sha256sum | cut -c1-16)
 idir=${KILN_CACHE:-$HOME/.cache/kiln}/initramfs
+[[ -z $agent ]] || idir=${idir}-sandbox
 dir=$idir/$key
 if [[ -f $dir/initramfs.cpio.gz ]]; then
   printf '%s\n' "$dir/initramfs.cpio.gz"

@@ -39,6 +39,8 @@ pub enum DefaultGuestError {
     Build,
     #[error("the default guest build did not report {0}")]
     Missing(&'static str),
+    #[error("cannot write the sandbox guest agent to {path}: {source}")]
+    Agent { path: String, source: std::io::Error },
 }
 
 /// The default guest's files.
@@ -47,6 +49,9 @@ pub struct DefaultGuest {
     pub kernel: PathBuf,
     pub bzimage: PathBuf,
     pub initrd: PathBuf,
+    /// The sandbox guest's initramfs: busybox, and kiln's guest agent as
+    /// `/init`.
+    pub sandbox_initrd: PathBuf,
 }
 
 /// `$KILN_CACHE`, else `$HOME/.cache/kiln`.
@@ -90,12 +95,19 @@ fn unpack_recipes() -> Result<PathBuf, DefaultGuestError> {
     Ok(dir)
 }
 
-/// Builds the default guest if the cache lacks it and returns its files.
+/// Builds the default guest (and the sandbox guest's initramfs) if the
+/// cache lacks them and returns their files.
 /// Progress goes to stderr.
 pub fn ensure() -> Result<DefaultGuest, DefaultGuestError> {
     let dir = unpack_recipes()?;
+    let cache = cache_dir().ok_or(DefaultGuestError::NoCache)?;
+    let agent = crate::sandbox::guest::write_agent(&cache).map_err(|source| DefaultGuestError::Agent {
+        path: cache.display().to_string(),
+        source,
+    })?;
     let out = Command::new("bash")
         .arg(dir.join("default-guest.sh"))
+        .env("KILN_AGENT", &agent)
         .stdin(Stdio::null())
         .stderr(Stdio::inherit())
         .output()
@@ -113,6 +125,7 @@ pub fn ensure() -> Result<DefaultGuest, DefaultGuestError> {
         kernel: get("KERNEL")?,
         bzimage: get("BZIMAGE")?,
         initrd: get("INITRD")?,
+        sandbox_initrd: get("SANDBOX_INITRD")?,
     })
 }
 

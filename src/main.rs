@@ -29,7 +29,8 @@ enum Command {
     /// non-zero status and one line on stderr if the guest crashes.
     Boot(BootArgs),
     /// Build the default guest if needed and print its files as KEY=PATH
-    /// lines (KERNEL=, BZIMAGE=, INITRD=), so they can be prepared ahead
+    /// lines (KERNEL=, BZIMAGE=, INITRD=, SANDBOX_INITRD= for kiln exec),
+    /// so they can be prepared ahead
     /// (an image build step, a cache) and copied to another host.
     Guest,
 }
@@ -163,6 +164,7 @@ fn main() -> ExitCode {
                 println!("KERNEL={}", guest.kernel.display());
                 println!("BZIMAGE={}", guest.bzimage.display());
                 println!("INITRD={}", guest.initrd.display());
+                println!("SANDBOX_INITRD={}", guest.sandbox_initrd.display());
                 ExitCode::SUCCESS
             }
             Err(e) => fail(1, e),

@@ -1,8 +1,10 @@
-//! The sandbox: running untrusted commands in a fresh microVM. This holds
-//! the pieces both ends share and the guest agent itself; `PROTOCOL.md`
-//! beside this file describes the wire protocol.
+//! The sandbox: running untrusted commands in a fresh microVM. The wire
+//! protocol, file transfer and the guest agent live in the `kiln-agent`
+//! crate (`resources/agent/`, with `PROTOCOL.md`), which kiln's build
+//! script also compiles statically for the guest; they are re-exported
+//! here. The host's side of the protocol is [`client`].
 
-pub mod agent;
 pub mod client;
-pub mod protocol;
-pub mod transfer;
+pub mod guest;
+
+pub use kiln_agent::{agent, protocol, transfer};

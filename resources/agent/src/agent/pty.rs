@@ -7,7 +7,7 @@ use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 
-use crate::sandbox::protocol::WindowSize;
+use crate::protocol::WindowSize;
 
 pub struct Pty {
     /// The agent's end: command output is read from it, stdin written to it.

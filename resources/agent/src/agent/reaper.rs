@@ -18,8 +18,8 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use crate::sandbox::protocol::ExitStatus;
-use crate::sync::lock;
+use crate::lock;
+use crate::protocol::ExitStatus;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReapMode {
@@ -168,7 +168,7 @@ mod tests {
     #[test]
     fn pid1_mode_routes_statuses_and_reaps_orphans() {
         let out = Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "sandbox::agent::reaper::tests::pid1_mode_in_child"])
+            .args(["--exact", "agent::reaper::tests::pid1_mode_in_child"])
             .args(["--ignored", "--nocapture", "--test-threads=1"])
             .env(CHILD_ENV, "1")
             .output()

@@ -1,15 +1,15 @@
 //! kiln's guest agent: PID 1 of the sandbox guest. It mounts what commands
 //! need, reaps orphans, serves kiln on vsock port
-//! `kiln::sandbox::protocol::AGENT_VSOCK_PORT`, and powers the guest off
+//! `kiln_agent::protocol::AGENT_VSOCK_PORT`, and powers the guest off
 //! when kiln asks, or when it cannot serve at all (so a broken guest stops
 //! instead of hanging until kiln's timeout). Outside PID 1 (for trying it
 //! under another init) it only serves, and exits instead of powering off.
 
-use kiln::sandbox::agent::init::{mount_all, power_off};
-use kiln::sandbox::agent::reaper::ReapMode;
-use kiln::sandbox::agent::vsock::VsockListener;
-use kiln::sandbox::agent::{Agent, AgentError};
-use kiln::sandbox::protocol::AGENT_VSOCK_PORT;
+use kiln_agent::agent::init::{mount_all, power_off};
+use kiln_agent::agent::reaper::ReapMode;
+use kiln_agent::agent::vsock::VsockListener;
+use kiln_agent::agent::{Agent, AgentError};
+use kiln_agent::protocol::AGENT_VSOCK_PORT;
 
 fn stop(pid1: bool, code: i32) -> ! {
     if pid1 {
@@ -36,8 +36,16 @@ fn serve(pid1: bool) -> Result<(), AgentError> {
 fn main() {
     let pid1 = std::process::id() == 1;
     if pid1 {
-        for problem in mount_all() {
-            eprintln!("kiln-agent: {problem}");
+        match mount_all() {
+            Ok(problems) => {
+                for problem in problems {
+                    eprintln!("kiln-agent: {problem}");
+                }
+            }
+            Err(e) => {
+                eprintln!("kiln-agent: {e}; stopping");
+                stop(pid1, 1);
+            }
         }
     }
     if let Err(e) = serve(pid1) {

@@ -5,8 +5,8 @@
 use std::path::Path;
 
 use super::{AgentError, PEER};
-use crate::sandbox::protocol::{read_frame, write_frame, AgentMsg, Conn, HostMsg, MsgName};
-use crate::sandbox::transfer::{send_tree, Item, Limits, TransferError, TreeWriter};
+use crate::protocol::{read_frame, write_frame, AgentMsg, Conn, HostMsg, MsgName};
+use crate::transfer::{send_tree, Item, Limits, TransferError, TreeWriter};
 
 pub(super) fn put<C: Conn>(conn: &mut C, dest: &str) -> Result<(), AgentError> {
     let mut writer = TreeWriter::new(dest, Limits::UNLIMITED);

@@ -3,7 +3,7 @@
 //! Every message is one frame: a `u32` little-endian payload length, then
 //! the payload, a [`postcard`] encoding of [`Hello`], [`HostMsg`] or
 //! [`AgentMsg`]. Each connection carries one operation (one command, one
-//! transfer, or power-off); `PROTOCOL.md` beside this file describes the
+//! transfer, or power-off); `PROTOCOL.md` at the crate root describes the
 //! exchanges and why streams and back-pressure are shaped the way they are.
 
 use std::io::{self, Read, Write};

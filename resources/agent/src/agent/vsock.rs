@@ -5,7 +5,7 @@ use std::io::{self, Read, Write};
 use std::net::Shutdown;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
-use crate::sandbox::protocol::{Conn, Listener};
+use crate::protocol::{Conn, Listener};
 
 pub struct VsockListener {
     fd: OwnedFd,

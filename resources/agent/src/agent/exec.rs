@@ -21,11 +21,11 @@ use std::time::Duration;
 use super::pty::{open_pty, set_size};
 use super::reaper::Reaper;
 use super::AgentError;
-use crate::sandbox::protocol::{
+use crate::lock;
+use crate::protocol::{
     read_frame, write_frame, AgentMsg, Conn, ExecRequest, ExitStatus, HostMsg, MsgName, OutputStream,
     ProtocolError, MAX_CHUNK, STDIN_WINDOW,
 };
-use crate::sync::lock;
 
 const PEER: &str = "host";
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
