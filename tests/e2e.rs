@@ -77,10 +77,19 @@ fn debian_rootfs() -> Option<PathBuf> {
     ok.then_some(out)
 }
 
-/// examples/sandbox_check, the library's end-to-end checks (its output
-/// contract is in tests/e2e/suite.sh, at the sandbox-library scenario),
-/// built with the profile of this test run; None while the example does
-/// not exist.
+/// examples/sandbox_check, the library's end-to-end checks, built with the
+/// profile of this test run; None while the example does not exist.
+///
+/// Its contract (checked by the sandbox-library scenario of
+/// tests/e2e/suite.sh): run as `sandbox_check --kernel PATH --initrd PATH`
+/// (the sandbox guest; the nested host has no guest cache), within 600 s,
+/// it prints one line per check on stdout,
+/// `SANDBOX-CHECK <name> PASS|FAIL <detail>`, and exits 0 only if all
+/// passed. The checks: `sequential-20` (20 commands one after another in
+/// one Sandbox), `concurrent-4` (4 commands at once in one Sandbox, each
+/// output intact), `file-5mib` (5 MiB of random bytes through write_file
+/// and back through read_file, equal), `teardown-50` (50 sandboxes built
+/// and dropped: threads, fds and RSS back to where they were).
 fn sandbox_check() -> Option<PathBuf> {
     if !repo().join("examples/sandbox_check.rs").is_file() {
         eprintln!("e2e: examples/sandbox_check.rs does not exist; sandbox-library will fail");
