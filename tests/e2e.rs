@@ -22,7 +22,9 @@ fn repo() -> &'static Path {
 
 /// Builds (or finds in the cache) the default guest kernel and initramfs
 /// through `kiln guest`, exactly as `kiln boot` without `--kernel` does
-/// (which also proves that subcommand's KEY=PATH output).
+/// (which also proves that subcommand's KEY=PATH output). The sandbox
+/// guest's initramfs (SANDBOX_INITRD=) is passed on when printed; without
+/// it the exec-* scenarios report why they cannot run.
 fn guest_artifacts() -> HashMap<String, PathBuf> {
     let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
         .arg("guest")
@@ -36,9 +38,9 @@ fn guest_artifacts() -> HashMap<String, PathBuf> {
         .map(|(k, v)| (k.to_string(), PathBuf::from(v)))
         .collect();
     for key in ["KERNEL", "BZIMAGE", "INITRD"] {
-        let path = vars
-            .get(key)
-            .unwrap_or_else(|| panic!("kiln guest printed no {key}= line"));
+        assert!(vars.contains_key(key), "kiln guest printed no {key}= line");
+    }
+    for (key, path) in vars.iter().filter(|(k, _)| GUEST_KEYS.contains(&k.as_str())) {
         assert!(
             path.is_file(),
             "kiln guest: {key}={} is not a file",
@@ -46,6 +48,78 @@ fn guest_artifacts() -> HashMap<String, PathBuf> {
         );
     }
     vars
+}
+
+/// The `kiln guest` lines the suite uses.
+const GUEST_KEYS: &[&str] = &["KERNEL", "BZIMAGE", "INITRD", "SANDBOX_INITRD"];
+
+/// Is scenario `name` to run under ONLY=`only` (empty: all)?
+fn wanted(only: &str, name: &str) -> bool {
+    only.is_empty() || only.split_whitespace().any(|o| o == name)
+}
+
+/// The Debian image for exec-rootfs, built by debootstrap on first use and
+/// cached (resources/build-debian-rootfs.sh; building needs root and the
+/// network). None, after saying why on stderr, when it cannot be built: the
+/// scenario then fails with that hint while the others still run.
+fn debian_rootfs() -> Option<PathBuf> {
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("e2e-debian.ext4");
+    let ok = Command::new("bash")
+        .arg(repo().join("resources/build-debian-rootfs.sh"))
+        .arg(&out)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        eprintln!("e2e: resources/build-debian-rootfs.sh failed (see above); exec-rootfs will fail");
+    }
+    ok.then_some(out)
+}
+
+/// examples/sandbox_check, the library's end-to-end checks, built with the
+/// profile of this test run; None while the example does not exist.
+///
+/// Its contract (checked by the sandbox-library scenario of
+/// tests/e2e/suite.sh): run as `sandbox_check --kernel PATH --initrd PATH`
+/// (the sandbox guest; the nested host has no guest cache), within 600 s,
+/// it prints one line per check on stdout,
+/// `SANDBOX-CHECK <name> PASS|FAIL <detail>`, and exits 0 only if all
+/// passed. The checks: `sequential-20` (20 commands one after another in
+/// one Sandbox), `concurrent-4` (4 commands at once in one Sandbox, each
+/// output intact), `file-5mib` (5 MiB of random bytes through write_file
+/// and back through read_file, equal), `teardown-50` (50 sandboxes built
+/// and dropped: threads, fds and RSS back to where they were).
+fn sandbox_check() -> Option<PathBuf> {
+    if !repo().join("examples/sandbox_check.rs").is_file() {
+        eprintln!("e2e: examples/sandbox_check.rs does not exist; sandbox-library will fail");
+        return None;
+    }
+    let mut cargo = Command::new(env!("CARGO"));
+    cargo
+        .args(["build", "--locked", "--example", "sandbox_check"])
+        .arg("--message-format=json-render-diagnostics")
+        .arg("--manifest-path")
+        .arg(repo().join("Cargo.toml"));
+    if !cfg!(debug_assertions) {
+        cargo.arg("--release");
+    }
+    let out = cargo
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run cargo build --example sandbox_check");
+    assert!(
+        out.status.success(),
+        "building examples/sandbox_check failed (see above)"
+    );
+    // The compiler-artifact message of the example names its executable.
+    let exe = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "sandbox_check")
+        .find_map(|m| m["executable"].as_str().map(PathBuf::from))
+        .expect("cargo build --example sandbox_check named no executable");
+    Some(exe)
 }
 
 /// The target vsock-probe is built for: static glibc (no musl target on the
@@ -185,12 +259,22 @@ fn distro_artifacts(probe: &Path) -> HashMap<String, PathBuf> {
     ])
 }
 
-/// What runs inside the nested host.
+/// What runs inside the nested host. The optional files (the sandbox's)
+/// may be absent: the suite then reports what is missing.
 const NESTED_COMMAND: &str = "mkdir -p /scratch && mount -t tmpfs -o size=1536m tmpfs /scratch && \
     KILN=/work/kiln KERNEL=/work/vmlinux BZIMAGE=/work/bzImage INITRD=/work/initramfs.cpio.gz \
     ROOTFS=/work/rootfs.ext4 DISTRO_KERNEL=/work/distro-vmlinuz \
     DISTRO_INITRD=/work/distro-initramfs.cpio.gz VSOCK_PROBE=/work/vsock-probe SCRATCH=/scratch \
-    sh /work/suite.sh";
+    SANDBOX_INITRD=/work/sandbox-initramfs.cpio.gz DEBIAN_ROOTFS=/work/debian-rootfs.ext4 \
+    SANDBOX_CHECK=/work/sandbox_check sh /work/suite.sh";
+
+/// Optional artifacts: (key in the artifact map, file name in the nested
+/// host's /work, as NESTED_COMMAND names them).
+const OPTIONAL_FILES: &[(&str, &str)] = &[
+    ("SANDBOX_INITRD", "sandbox-initramfs.cpio.gz"),
+    ("DEBIAN_ROOTFS", "debian-rootfs.ext4"),
+    ("SANDBOX_CHECK", "sandbox_check"),
+];
 
 /// Every scenario `tests/e2e/suite.sh` runs.
 const SCENARIOS: &[&str] = &[
@@ -214,6 +298,22 @@ const SCENARIOS: &[&str] = &[
     "vsock-echo-100",
     "vsock-no-listener",
     "vsock-stalled-reader",
+    "exec-stdout",
+    "exec-exit-code",
+    "exec-stderr",
+    "exec-10mib",
+    "exec-stdin",
+    "exec-timeout",
+    "exec-signal",
+    "exec-not-found",
+    "exec-not-executable",
+    "exec-copy",
+    "exec-env-cwd",
+    "exec-no-net",
+    "exec-fork-bomb",
+    "exec-memory-hog",
+    "exec-rootfs",
+    "sandbox-library",
 ];
 
 /// Runs the suite (only `only`, when not empty) once; returns its
@@ -230,7 +330,11 @@ fn run_once(a: &HashMap<String, PathBuf>, rootfs: &Path, only: &str) -> (String,
     eprintln!("e2e: running the suite {mode}ly");
     let output = if mode == "direct" {
         let out_dir = std::env::temp_dir().join(format!("kiln-e2e-{}", std::process::id()));
-        Command::new("sh")
+        let mut suite_cmd = Command::new("sh");
+        for (key, _) in OPTIONAL_FILES {
+            suite_cmd.env(key, a.get(*key).map(|p| p.as_os_str()).unwrap_or_default());
+        }
+        suite_cmd
             .arg(&suite)
             .env("KILN", kiln)
             .env("KERNEL", &a["KERNEL"])
@@ -248,9 +352,16 @@ fn run_once(a: &HashMap<String, PathBuf>, rootfs: &Path, only: &str) -> (String,
     } else {
         let file = |src: &Path, dst: &str| format!("{}:/work/{dst}", src.display());
         let command = format!("export ONLY='{only}'; {NESTED_COMMAND}");
-        Command::new(&nested_host)
-            // A normal run takes 1-2 minutes; the limit only catches a stall.
-            .args(["--timeout", "900", "--file"])
+        let mut nested = Command::new(&nested_host);
+        for (key, dst) in OPTIONAL_FILES {
+            if let Some(src) = a.get(*key) {
+                nested.arg("--file").arg(file(src, dst));
+            }
+        }
+        nested
+            // A normal run takes a few minutes (the sandbox-library checks
+            // boot over 50 microVMs); the limit only catches a stall.
+            .args(["--timeout", "1800", "--file"])
             .arg(file(Path::new(kiln), "kiln"))
             .arg("--file")
             .arg(file(&a["KERNEL"], "vmlinux"))
@@ -307,14 +418,22 @@ fn parse_results(transcript: &str) -> HashMap<String, (bool, String)> {
 }
 
 fn run_suite() -> Suite {
+    // ONLY="name ..." runs just those scenarios (the others then report
+    // nothing and their tests fail): quicker iterations on one scenario.
+    let only = std::env::var("ONLY").unwrap_or_default();
     let probe = vsock_probe();
     let mut a = guest_artifacts();
     a.extend(distro_artifacts(&probe));
     let rootfs = test_rootfs(&probe);
     a.insert("VSOCK_PROBE".to_string(), probe);
-    // ONLY="name ..." runs just those scenarios (the others then report
-    // nothing and their tests fail): quicker iterations on one scenario.
-    let only = std::env::var("ONLY").unwrap_or_default();
+    // Built only when their scenarios run: debootstrap takes a minute the
+    // first time, and the example a build.
+    if wanted(&only, "exec-rootfs") {
+        a.extend(debian_rootfs().map(|p| ("DEBIAN_ROOTFS".to_string(), p)));
+    }
+    if wanted(&only, "sandbox-library") {
+        a.extend(sandbox_check().map(|p| ("SANDBOX_CHECK".to_string(), p)));
+    }
     let (mut transcript, mut status) = run_once(&a, &rootfs, &only);
     let mut results = parse_results(&transcript);
     // The emulated host (QEMU TCG with nested SVM) has been seen to stall
@@ -324,7 +443,7 @@ fn run_suite() -> Suite {
     let missing: Vec<&str> = SCENARIOS
         .iter()
         .copied()
-        .filter(|s| only.is_empty() || only.split_whitespace().any(|o| o == *s))
+        .filter(|s| wanted(&only, s))
         .filter(|s| !results.contains_key(*s))
         .collect();
     if !missing.is_empty() && status == Some(124) {
@@ -456,4 +575,84 @@ fn vsock_host_connect_to_a_port_without_listener_is_closed() {
 #[test]
 fn vsock_host_peer_that_stops_reading_does_not_stall_another_connection() {
     check("vsock-stalled-reader");
+}
+
+#[test]
+fn exec_echo_reaches_stdout_with_argv_as_given() {
+    check("exec-stdout");
+}
+
+#[test]
+fn exec_exit_3_gives_3() {
+    check("exec-exit-code");
+}
+
+#[test]
+fn exec_stderr_stays_separate_from_stdout() {
+    check("exec-stderr");
+}
+
+#[test]
+fn exec_10_mib_of_output_arrives_intact() {
+    check("exec-10mib");
+}
+
+#[test]
+fn exec_stdin_round_trips_with_eof() {
+    check("exec-stdin");
+}
+
+#[test]
+fn exec_timeout_kills_sleep_100_and_exits_124_within_4_s() {
+    check("exec-timeout");
+}
+
+#[test]
+fn exec_command_killed_by_sigkill_reports_137() {
+    check("exec-signal");
+}
+
+#[test]
+fn exec_missing_command_exits_127() {
+    check("exec-not-found");
+}
+
+#[test]
+fn exec_non_executable_file_exits_126() {
+    check("exec-not-executable");
+}
+
+#[test]
+fn exec_copy_in_and_copy_out_5_mib_byte_exact() {
+    check("exec-copy");
+}
+
+#[test]
+fn exec_env_and_workdir_reach_the_command() {
+    check("exec-env-cwd");
+}
+
+#[test]
+fn exec_without_net_has_only_lo() {
+    check("exec-no-net");
+}
+
+#[test]
+fn exec_fork_bomb_is_still_timed_out_and_torn_down() {
+    check("exec-fork-bomb");
+}
+
+#[test]
+fn exec_memory_hog_is_oom_killed_inside_the_guest() {
+    check("exec-memory-hog");
+}
+
+#[test]
+fn exec_rootfs_debian_image_runs_python3_and_stays_unchanged() {
+    check("exec-rootfs");
+}
+
+#[test]
+fn sandbox_library_checks_pass_in_a_real_guest() {
+    check("sandbox-library");
 }

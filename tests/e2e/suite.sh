@@ -9,7 +9,11 @@
 # an initramfs with its virtio modules listed in /etc/kiln/modules, for
 # distro-kernel), VSOCK_PROBE (tests/e2e/vsock-probe, static; also in the
 # guests as /usr/bin/vsock-probe) for the vsock-* scenarios and
-# distro-kernel, and optionally OUT (per-scenario logs, default /out),
+# distro-kernel, SANDBOX_INITRD (the sandbox guest's initramfs, `kiln
+# guest`'s SANDBOX_INITRD=) for the exec-* scenarios and sandbox-library,
+# DEBIAN_ROOTFS (resources/build-debian-rootfs.sh's image) for exec-rootfs,
+# SANDBOX_CHECK (examples/sandbox_check, the library's checks) for
+# sandbox-library, and optionally OUT (per-scenario logs, default /out),
 # SCRATCH (where disk images are made: a tmpfs or ext4, default /tmp) and
 # ONLY (space-separated scenario names to run). Needs mkfs.ext4, e2fsck
 # and debugfs for the disk scenarios; the net-* and distro-kernel scenarios
@@ -313,6 +317,288 @@ if vsock_wanted; then
   elif [ "$(code "$stall")" != 0 ]; then fail vsock-stalled-reader "$(rest "$stall")"
   else pass vsock-stalled-reader "$(rest "$stall")"; fi
   rm -rf "$vdir" "$SCRATCH/vsock-g2h.bin"
+fi
+
+# ---- The sandbox (issue 10). Every `kiln exec` boots a fresh microVM from
+# the sandbox guest: our kernel with SANDBOX_INITRD (kiln's agent as PID 1,
+# busybox for the commands), both given explicitly since the nested host has
+# no guest cache or builder. Each run gets a private TMPDIR that must be
+# empty afterwards and a marker in its environment, so that any process it
+# leaves behind (kiln, or anything kiln started) is found in /proc.
+EXEC_SCENARIOS="exec-stdout exec-exit-code exec-stderr exec-10mib exec-stdin exec-timeout exec-signal exec-not-found exec-not-executable exec-copy exec-env-cwd exec-no-net exec-fork-bomb exec-memory-hog exec-rootfs"
+exec_wanted() { for x in $EXEC_SCENARIOS; do wanted "$x" && return 0; done; return 1; }
+exec_runs=0
+le() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a <= b) }'; }
+# run_exec NAME ARGS...: kiln exec --kernel --initrd ARGS, stdin from
+# $EXEC_STDIN (default /dev/null), stdout to $OUT/NAME.out (each line
+# prefixed with its arrival time when EXEC_STAMP=1), stderr to
+# $OUT/NAME.err, a summary in $OUT/NAME.log. Sets $status, $total and
+# $leftover (empty when kiln left nothing behind).
+run_exec() {
+  name=$1; shift
+  exec_runs=$((exec_runs + 1))
+  marker=$name.$$.$exec_runs
+  etmp=$(mktemp -d "${TMPDIR:-/tmp}/kx.XXXXXX") # short: kiln's socket paths
+  start=$(now)
+  if [ "${EXEC_STAMP:-0}" = 1 ]; then
+    { KILN_E2E_RUN=$marker TMPDIR=$etmp timeout -s KILL "$GUEST_TIMEOUT" \
+        "$KILN" exec --kernel "$KERNEL" --initrd "$SANDBOX_INITRD" "$@" \
+        <"${EXEC_STDIN:-/dev/null}" 2>"$OUT/$name.err"
+      echo "KILN-STATUS $?"; } | while IFS= read -r line; do
+        printf '%s %s\n' "$(now)" "$line"
+      done >"$OUT/$name.out"
+    status=$(sed -n 's/^[0-9.]* KILN-STATUS \([0-9]*\)$/\1/p' "$OUT/$name.out")
+  else
+    KILN_E2E_RUN=$marker TMPDIR=$etmp timeout -s KILL "$GUEST_TIMEOUT" \
+      "$KILN" exec --kernel "$KERNEL" --initrd "$SANDBOX_INITRD" "$@" \
+      <"${EXEC_STDIN:-/dev/null}" >"$OUT/$name.out" 2>"$OUT/$name.err"
+    status=$?
+  fi
+  total=$(elapsed "$start" "$(now)")
+  # The watchdog's SIGKILL would look like a command's 137.
+  le "$total" "$((GUEST_TIMEOUT - 1))" || status="hung (killed after ${GUEST_TIMEOUT}s)"
+  echo "E2E-TIME $name - $total"
+  leftover=
+  pids=$(grep -l -s -F "KILN_E2E_RUN=$marker" /proc/[0-9]*/environ | cut -d/ -f3 | tr '\n' ' ')
+  [ -z "$pids" ] || leftover="processes still running: $pids"
+  files=$(ls -A "$etmp")
+  [ -z "$files" ] || leftover="${leftover:+$leftover; }files left in its TMPDIR: $(echo $files)"
+  [ -z "$pids" ] || kill -9 $pids 2>/dev/null
+  rm -rf "$etmp"
+  { echo "kiln exec $*"; echo "status $status after ${total}s${leftover:+; $leftover}"
+    echo "stdout (first 2 KiB):"; head -c 2048 "$OUT/$name.out" | cat -v; } >"$OUT/$name.log"
+}
+# Is FILE exactly the lines given?
+is_lines() { f=$1; shift; printf '%s\n' "$@" | cmp -s - "$f"; }
+# The arrival time of stamped output line TEXT in $OUT/NAME.out.
+stamp_of() { sed -n "s/^\([0-9.]*\) $2\$/\1/p" "$OUT/$1.out" | head -n 1; }
+# exec_go NAME: is NAME to run (and can it run at all)?
+exec_go() {
+  wanted "$1" || return 1
+  [ -z "$exec_err" ] && return 0
+  echo "E2E-RESULT $1 FAIL $exec_err"
+  return 1
+}
+if exec_wanted; then
+  exec_err=
+  if [ ! -f "${SANDBOX_INITRD:-}" ]; then
+    exec_err="SANDBOX_INITRD='${SANDBOX_INITRD:-}' is not a file (kiln guest must print SANDBOX_INITRD=)"
+  fi
+
+  # echo to stdout; argv reaches the command as given (no shell between).
+  if exec_go exec-stdout; then
+    run_exec exec-stdout -- echo hello 'two  spaces' "it's"
+    if [ "$status" != 0 ]; then fail exec-stdout "status=$status"
+    elif ! is_lines "$OUT/exec-stdout.out" "hello two  spaces it's"; then fail exec-stdout "stdout is not exactly the echoed line"
+    elif [ -s "$OUT/exec-stdout.err" ]; then fail exec-stdout "unexpected stderr"
+    elif [ -n "$leftover" ]; then fail exec-stdout "$leftover"
+    else pass exec-stdout "exact stdout, status 0, empty stderr in ${total}s"; fi
+  fi
+
+  # `exit 3` gives 3.
+  if exec_go exec-exit-code; then
+    run_exec exec-exit-code -- sh -c 'exit 3'
+    if [ "$status" != 3 ]; then fail exec-exit-code "status=$status, want 3"
+    elif [ -n "$leftover" ]; then fail exec-exit-code "$leftover"
+    else pass exec-exit-code "sh -c 'exit 3' gives status 3"; fi
+  fi
+
+  # stdout and stderr stay separate, each in order.
+  if exec_go exec-stderr; then
+    run_exec exec-stderr -- sh -c 'echo out-1; echo err-1 >&2; echo out-2; echo err-2 >&2'
+    if [ "$status" != 0 ]; then fail exec-stderr "status=$status"
+    elif ! is_lines "$OUT/exec-stderr.out" out-1 out-2; then fail exec-stderr "stdout is not exactly out-1, out-2"
+    elif ! is_lines "$OUT/exec-stderr.err" err-1 err-2; then fail exec-stderr "stderr is not exactly err-1, err-2"
+    elif [ -n "$leftover" ]; then fail exec-stderr "$leftover"
+    else pass exec-stderr "stdout and stderr exact and separate"; fi
+  fi
+
+  # 10 MiB of random bytes on stdout arrive intact: the guest prints their
+  # sha256 on stderr.
+  if exec_go exec-10mib; then
+    run_exec exec-10mib -- sh -c 'head -c 10485760 /dev/urandom >/tmp/r && sha256sum </tmp/r >&2 && cat /tmp/r'
+    want=$(cut -d' ' -f1 "$OUT/exec-10mib.err" | head -n 1)
+    got=$(sum "$OUT/exec-10mib.out"); size=$(wc -c <"$OUT/exec-10mib.out")
+    if [ "$status" != 0 ]; then fail exec-10mib "status=$status"
+    elif [ "$size" != 10485760 ] || [ "$got" != "$want" ]; then fail exec-10mib "got $size bytes, sha256 $got; the guest sent 10485760, $want"
+    elif [ -n "$leftover" ]; then fail exec-10mib "$leftover"
+    else pass exec-10mib "10 MiB of random bytes, sha256 equal, in ${total}s"; fi
+    rm -f "$OUT/exec-10mib.out"
+  fi
+
+  # -i forwards stdin, EOF included (sha256sum answers only after EOF).
+  if exec_go exec-stdin; then
+    head -c 3145728 /dev/urandom >"$SCRATCH/stdin.bin"
+    EXEC_STDIN=$SCRATCH/stdin.bin run_exec exec-stdin -i -- sha256sum
+    want=$(sum "$SCRATCH/stdin.bin")
+    if [ "$status" != 0 ]; then fail exec-stdin "status=$status"
+    elif ! is_lines "$OUT/exec-stdin.out" "$want  -"; then fail exec-stdin "guest sha256sum said '$(head -c 200 "$OUT/exec-stdin.out")', want $want"
+    elif [ -n "$leftover" ]; then fail exec-stdin "$leftover"
+    else pass exec-stdin "3 MiB of random bytes through -i, EOF seen, sha256 equal"; fi
+    rm -f "$SCRATCH/stdin.bin"
+  fi
+
+  # --timeout 2 on `sleep 100`: 124 within 4 s, one line on stderr. The
+  # clock starts when the command's first line arrives (booting under
+  # emulation may itself take seconds; a timeout that also counts the boot
+  # ends even sooner after it), or at kiln's start if it never arrived.
+  if exec_go exec-timeout; then
+    EXEC_STAMP=1 run_exec exec-timeout --timeout 2 -- sh -c 'echo started; exec sleep 100'
+    t0=$(stamp_of exec-timeout started); t1=$(stamp_of exec-timeout "KILN-STATUS [0-9]*")
+    if [ -n "$t0" ]; then after=$(elapsed "$t0" "$t1"); else after=$total; fi
+    if [ "$status" != 124 ]; then fail exec-timeout "status=$status, want 124"
+    elif ! le "$after" 4; then fail exec-timeout "exited ${after}s after the command started, want at most 4"
+    elif [ "$(wc -l <"$OUT/exec-timeout.err")" != 1 ]; then fail exec-timeout "want exactly one line on stderr"
+    elif [ -n "$leftover" ]; then fail exec-timeout "$leftover"
+    else pass exec-timeout "124 ${after}s after the command started (${total}s in all): $(cat "$OUT/exec-timeout.err")"; fi
+  fi
+
+  # Killed by SIGKILL: 128 + 9.
+  if exec_go exec-signal; then
+    run_exec exec-signal -- sh -c 'kill -9 $$'
+    if [ "$status" != 137 ]; then fail exec-signal "status=$status, want 137"
+    elif [ -n "$leftover" ]; then fail exec-signal "$leftover"
+    else pass exec-signal "SIGKILL reported as 137"; fi
+  fi
+
+  # A command that does not exist: 127, as a shell would.
+  if exec_go exec-not-found; then
+    run_exec exec-not-found -- kiln-e2e-no-such-command
+    if [ "$status" != 127 ]; then fail exec-not-found "status=$status, want 127"
+    elif [ -n "$leftover" ]; then fail exec-not-found "$leftover"
+    else pass exec-not-found "127: $(head -n 1 "$OUT/exec-not-found.err")"; fi
+  fi
+
+  # A file that is not executable (/proc/version, mode 0444): 126.
+  if exec_go exec-not-executable; then
+    run_exec exec-not-executable -- /proc/version
+    if [ "$status" != 126 ]; then fail exec-not-executable "status=$status, want 126"
+    elif [ -n "$leftover" ]; then fail exec-not-executable "$leftover"
+    else pass exec-not-executable "126: $(head -n 1 "$OUT/exec-not-executable.err")"; fi
+  fi
+
+  # 5 MiB of random bytes in with --copy-in (the guest's sha256 must match)
+  # and back out with --copy-out (byte-exact: cmp).
+  if exec_go exec-copy; then
+    head -c 5242880 /dev/urandom >"$SCRATCH/copy-in.bin"
+    rm -f "$SCRATCH/copy-out.bin"
+    run_exec exec-copy --copy-in "$SCRATCH/copy-in.bin:/work/in.bin" \
+      --copy-out "/work/out.bin:$SCRATCH/copy-out.bin" \
+      -- sh -c 'sha256sum /work/in.bin && cp /work/in.bin /work/out.bin'
+    want=$(sum "$SCRATCH/copy-in.bin")
+    if [ "$status" != 0 ]; then fail exec-copy "status=$status"
+    elif ! is_lines "$OUT/exec-copy.out" "$want  /work/in.bin"; then fail exec-copy "in the guest: '$(head -c 200 "$OUT/exec-copy.out")', want $want"
+    elif [ ! -f "$SCRATCH/copy-out.bin" ]; then fail exec-copy "--copy-out wrote no file"
+    elif ! cmp "$SCRATCH/copy-in.bin" "$SCRATCH/copy-out.bin" >"$OUT/exec-copy.cmp" 2>&1; then fail exec-copy "copied out file differs: $(cat "$OUT/exec-copy.cmp")"
+    elif [ -n "$leftover" ]; then fail exec-copy "$leftover"
+    else pass exec-copy "5 MiB in (sha256 equal in the guest) and out again byte-exact"; fi
+    rm -f "$SCRATCH/copy-in.bin" "$SCRATCH/copy-out.bin"
+  fi
+
+  # -e KEY=VAL (a value with a space and an =) and -w DIR reach the command.
+  if exec_go exec-env-cwd; then
+    run_exec exec-env-cwd -e KILN_E2E_A=alpha -e 'KILN_E2E_B=two words=2' -w /tmp \
+      -- sh -c 'echo "$KILN_E2E_A|$KILN_E2E_B|$(pwd)"'
+    if [ "$status" != 0 ]; then fail exec-env-cwd "status=$status"
+    elif ! is_lines "$OUT/exec-env-cwd.out" 'alpha|two words=2|/tmp'; then fail exec-env-cwd "got '$(head -c 200 "$OUT/exec-env-cwd.out")', want 'alpha|two words=2|/tmp'"
+    elif [ -n "$leftover" ]; then fail exec-env-cwd "$leftover"
+    else pass exec-env-cwd "-e values and -w /tmp seen by the command"; fi
+  fi
+
+  # No --net: no network interface but lo.
+  if exec_go exec-no-net; then
+    run_exec exec-no-net -- ls /sys/class/net
+    ifaces=$(tr '\n' ' ' <"$OUT/exec-no-net.out")
+    if [ "$status" != 0 ]; then fail exec-no-net "status=$status"
+    elif [ "$ifaces" != "lo " ]; then fail exec-no-net "interfaces without --net: '$ifaces', want only lo"
+    elif [ -n "$leftover" ]; then fail exec-no-net "$leftover"
+    else pass exec-no-net "only lo"; fi
+  fi
+
+  # A fork bomb stays inside: kiln still enforces --timeout (124) and tears
+  # the microVM down; nothing is left on the host, which carries on.
+  if exec_go exec-fork-bomb; then
+    EXEC_STAMP=1 run_exec exec-fork-bomb --timeout 20 \
+      -- sh -c 'echo bomb-start; bomb() { bomb | bomb & }; bomb 2>/dev/null; exec sleep 1000'
+    t0=$(stamp_of exec-fork-bomb bomb-start); t1=$(stamp_of exec-fork-bomb "KILN-STATUS [0-9]*")
+    if [ -n "$t0" ]; then after=$(elapsed "$t0" "$t1"); else after=-; fi
+    if [ -z "$t0" ]; then fail exec-fork-bomb "the bomb never started (status=$status)"
+    elif [ "$status" != 124 ]; then fail exec-fork-bomb "status=$status, want 124"
+    elif ! le "$after" 30; then fail exec-fork-bomb "exited ${after}s after the bomb started, want at most 30 (--timeout 20)"
+    elif [ "$(wc -l <"$OUT/exec-fork-bomb.err")" != 1 ]; then fail exec-fork-bomb "want exactly one line on stderr"
+    elif [ -n "$leftover" ]; then fail exec-fork-bomb "$leftover"
+    else pass exec-fork-bomb "124 ${after}s after the bomb started; nothing left behind"; fi
+  fi
+
+  # A memory hog (1 MiB strings until memory runs out) in 128 MiB: the
+  # guest's OOM killer ends it with SIGKILL (137), well before --timeout.
+  if exec_go exec-memory-hog; then
+    run_exec exec-memory-hog --memory 128 --timeout 180 \
+      -- awk 'BEGIN { s = "x"; for (i = 0; i < 20; i++) s = s s; for (n = 0; ; n++) a[n] = s n }'
+    if [ "$status" != 137 ]; then fail exec-memory-hog "status=$status, want 137 (OOM-killed)"
+    elif [ -n "$leftover" ]; then fail exec-memory-hog "$leftover"
+    else pass exec-memory-hog "OOM-killed in the guest: 137 after ${total}s; nothing left behind"; fi
+  fi
+
+  # --rootfs: a Debian image made by resources/build-debian-rootfs.sh runs
+  # python3; writes land in the tmpfs overlay; the image's bytes and mtime
+  # are unchanged afterwards.
+  if exec_go exec-rootfs; then
+    if [ ! -f "${DEBIAN_ROOTFS:-}" ]; then
+      echo "E2E-RESULT exec-rootfs FAIL DEBIAN_ROOTFS='${DEBIAN_ROOTFS:-}' is not a file (resources/build-debian-rootfs.sh, run by tests/e2e.rs, needs root)"
+    else
+      before=$(sum "$DEBIAN_ROOTFS"); mtime=$(stat -c %Y "$DEBIAN_ROOTFS")
+      run_exec exec-rootfs --rootfs "$DEBIAN_ROOTFS" -- python3 -c 'print(6*7)'
+      st1=$status left1=$leftover
+      run_exec exec-rootfs-overlay --rootfs "$DEBIAN_ROOTFS" \
+        -- sh -c 'echo scribble >/etc/kiln-scribble && cat /etc/kiln-scribble /etc/debian_version'
+      version=$(sed -n 2p "$OUT/exec-rootfs-overlay.out")
+      if [ "$st1" != 0 ]; then fail exec-rootfs "python3: status=$st1"
+      elif ! is_lines "$OUT/exec-rootfs.out" 42; then fail exec-rootfs "python3 printed '$(head -c 200 "$OUT/exec-rootfs.out")', want 42"
+      elif [ "$status" != 0 ] || [ "$(sed -n 1p "$OUT/exec-rootfs-overlay.out")" != scribble ]; then
+        fail exec-rootfs "write in the overlay: status=$status, stdout '$(head -c 200 "$OUT/exec-rootfs-overlay.out")', stderr '$(head -c 200 "$OUT/exec-rootfs-overlay.err")'"
+      elif [ "$(sum "$DEBIAN_ROOTFS")" != "$before" ] || [ "$(stat -c %Y "$DEBIAN_ROOTFS")" != "$mtime" ]; then fail exec-rootfs "the image changed"
+      elif [ -n "$left1$leftover" ]; then fail exec-rootfs "$left1${left1:+; }$leftover"
+      else pass exec-rootfs "python3 in Debian $version printed 42; a write went to the overlay; image bytes and mtime unchanged"; fi
+    fi
+  fi
+fi
+
+# ---- The sandbox library (issue 10): SANDBOX_CHECK is examples/sandbox_check
+# (built by tests/e2e.rs when the file exists), run against the same guest.
+# Its output contract: one line per check,
+#   SANDBOX-CHECK <name> PASS|FAIL <detail>
+# and exit status 0 only if every check passed. The checks it must report
+# (SANDBOX_CHECKS below): sequential-20 (20 commands one after another in one
+# Sandbox), concurrent-4 (4 commands at once in one Sandbox, each output
+# intact), file-5mib (5 MiB of random bytes through write_file and back
+# through read_file, equal), teardown-50 (50 sandboxes built and dropped:
+# threads, fds and RSS back to where they were).
+SANDBOX_CHECKS="sequential-20 concurrent-4 file-5mib teardown-50"
+if wanted sandbox-library; then
+  n=sandbox-library
+  : >"$OUT/$n.log"; : >"$OUT/$n.err"
+  if [ ! -x "${SANDBOX_CHECK:-}" ]; then
+    echo "E2E-RESULT $n FAIL SANDBOX_CHECK='${SANDBOX_CHECK:-}' is not an executable (examples/sandbox_check.rs, built by tests/e2e.rs when it exists)"
+  elif [ ! -f "${SANDBOX_INITRD:-}" ]; then
+    echo "E2E-RESULT $n FAIL SANDBOX_INITRD='${SANDBOX_INITRD:-}' is not a file (kiln guest must print SANDBOX_INITRD=)"
+  else
+    start=$(now)
+    etmp=$(mktemp -d "${TMPDIR:-/tmp}/kx.XXXXXX")
+    TMPDIR=$etmp timeout -s KILL 600 "$SANDBOX_CHECK" --kernel "$KERNEL" --initrd "$SANDBOX_INITRD" \
+      </dev/null >"$OUT/$n.log" 2>"$OUT/$n.err"
+    status=$?
+    echo "E2E-TIME $n - $(elapsed "$start" "$(now)")"
+    files=$(ls -A "$etmp"); rm -rf "$etmp"
+    grep '^SANDBOX-CHECK ' "$OUT/$n.log"
+    missing=
+    for c in $SANDBOX_CHECKS; do grep -q "^SANDBOX-CHECK $c PASS" "$OUT/$n.log" || missing="$missing $c"; done
+    if grep -q '^SANDBOX-CHECK [^ ]* FAIL' "$OUT/$n.log"; then fail $n "$(grep '^SANDBOX-CHECK [^ ]* FAIL' "$OUT/$n.log" | head -n 3 | tr '\n' ' ')"
+    elif [ -n "$missing" ]; then fail $n "no PASS line for:$missing (status=$status)"
+    elif [ "$status" != 0 ]; then fail $n "status=$status"
+    elif [ -n "$files" ]; then fail $n "files left in its TMPDIR: $(echo $files)"
+    else pass $n "$(grep -c '^SANDBOX-CHECK [^ ]* PASS' "$OUT/$n.log") checks passed: $(sed -n 's/^SANDBOX-CHECK \([^ ]*\) PASS \(.*\)/\1 (\2)/p' "$OUT/$n.log" | tr '\n' ';')"; fi
+  fi
 fi
 
 # ---- Networking (issue 8). A bridge with an address in the (nested) host,
