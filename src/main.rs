@@ -217,6 +217,7 @@ fn boot(mut args: BootArgs, timeline: &Arc<BootTimeline>) -> (RunEnd, u8) {
                 }
             }) as vmm::UserSpaceReport
         }),
+        stop: None,
     };
     match vmm::run_vm_with(&config, io, hooks) {
         Ok(reason) => {
