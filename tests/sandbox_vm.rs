@@ -152,3 +152,46 @@ fn a_missing_kernel_is_a_boot_error() {
     let err = Sandbox::builder().kernel(dir.join("k")).build().err().unwrap();
     assert!(matches!(err, SandboxError::NoGuest(_)), "{err}");
 }
+
+#[test]
+fn kiln_exec_usage_errors_exit_2_with_one_line() {
+    for args in [
+        &["exec"][..],
+        &["exec", "-e", "NOEQUALS", "--", "true"],
+        &["exec", "--copy-in", "nocolon", "--", "true"],
+        &["exec", "--copy-out", ":/host", "--", "true"],
+        &["exec", "--timeout", "0", "--", "true"],
+        &["exec", "--cpus", "0", "--", "true"],
+    ] {
+        let out = common::run_kiln(args, Duration::from_secs(20));
+        assert_eq!(out.code, Some(2), "{args:?}: {}", out.stderr);
+        assert_eq!(out.stderr.lines().count(), 1, "{args:?}: {}", out.stderr);
+        assert!(out.stderr.starts_with("kiln: "), "{}", out.stderr);
+    }
+}
+
+#[test]
+fn kiln_exec_reports_a_guest_that_stops_while_booting_with_status_1() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let src = format!(".code64\n.globl _start\n_start:\n{RESET}");
+    let (kernel, initrd) = guest("exec-resets", &src);
+    let out = common::run_kiln(
+        &[
+            "exec",
+            "--force",
+            "--memory",
+            "64",
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--initrd",
+            initrd.to_str().unwrap(),
+            "--",
+            "true",
+        ],
+        Duration::from_secs(20),
+    );
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert!(out.stderr.contains("stopped while booting"), "{}", out.stderr);
+    assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
+    assert!(out.stdout.is_empty());
+}

@@ -370,27 +370,15 @@ impl Child {
     /// Sends SIGKILL to the command's process group. Not an error if it
     /// has already exited.
     pub fn kill(&mut self) -> Result<(), SandboxError> {
-        self.signal(libc::SIGKILL)
+        self.control().signal(libc::SIGKILL)
     }
 
-    /// Sends signal `sig` to the command's process group.
-    pub fn signal(&mut self, sig: i32) -> Result<(), SandboxError> {
-        if self.demux.lock().outcome.is_some() {
-            return Ok(());
+    /// Signals and resizes for this command from any thread.
+    pub fn control(&self) -> ChildControl {
+        ChildControl {
+            control: self.control.clone(),
+            demux: self.demux.clone(),
         }
-        match self.control.signal(sig) {
-            Ok(()) => Ok(()),
-            // The connection closed under us: the command is over.
-            Err(_) if self.demux.lock().outcome.is_some() => Ok(()),
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    /// Tells a command on a pty its terminal's new size.
-    pub fn resize(&mut self, rows: u16, cols: u16) -> Result<(), SandboxError> {
-        self.control
-            .resize(WindowSize { rows, cols })
-            .map_err(SandboxError::from)
     }
 
     /// The pump's buffers (for `output()`).
@@ -409,6 +397,38 @@ impl Drop for Child {
         if let Some(pump) = self.pump.take() {
             let _ = pump.join();
         }
+    }
+}
+
+/// Sends signals and terminal sizes to a running command; cheap to clone
+/// and usable from any thread (e.g. one forwarding SIGWINCH).
+#[derive(Clone)]
+pub struct ChildControl {
+    control: ExecControl<AgentConn>,
+    demux: Arc<Demux>,
+}
+
+impl ChildControl {
+    /// Sends signal `sig` to the command's process group. Not an error if
+    /// the command has exited.
+    pub fn signal(&self, sig: i32) -> Result<(), SandboxError> {
+        let exited = || self.demux.lock().outcome.is_some();
+        if exited() {
+            return Ok(());
+        }
+        match self.control.signal(sig) {
+            Ok(()) => Ok(()),
+            // The connection closed under us: the command is over.
+            Err(_) if exited() => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Tells a command on a pty its terminal's new size.
+    pub fn resize(&self, rows: u16, cols: u16) -> Result<(), SandboxError> {
+        self.control
+            .resize(WindowSize { rows, cols })
+            .map_err(SandboxError::from)
     }
 }
 

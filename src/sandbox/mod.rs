@@ -17,7 +17,7 @@ pub mod protocol;
 pub mod transfer;
 mod vm;
 
-pub use child::{Child, ChildStderr, ChildStdin, ChildStdout};
+pub use child::{Child, ChildControl, ChildStderr, ChildStdin, ChildStdout};
 pub use command::{ExitStatus, Output, SandboxCommand, Stdio};
 pub use error::SandboxError;
 pub use instance::{
