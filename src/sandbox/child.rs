@@ -260,7 +260,8 @@ pub(crate) fn pump(
     deadline: Option<Instant>,
 ) {
     let outcome = loop {
-        if ctl.arm(deadline).is_err() {
+        // Each read may wait only as long as the deadline leaves.
+        if deadline.is_some() && ctl.arm(deadline).is_err() {
             break Err(shared.failure(
                 deadline,
                 SandboxError::Timeout(shared.timeout.unwrap_or_default()),
