@@ -37,6 +37,8 @@ pub enum DefaultGuestError {
     Spawn(std::io::Error),
     #[error("building the default guest failed (see the messages above); pass --kernel to boot your own")]
     Build,
+    #[error("building the default guest failed; pass a kernel of your own. Its last messages: {0}")]
+    BuildQuiet(String),
     #[error("the default guest build did not report {0}")]
     Missing(&'static str),
     #[error("cannot write the sandbox guest agent to {path}: {source}")]
@@ -99,6 +101,16 @@ fn unpack_recipes() -> Result<PathBuf, DefaultGuestError> {
 /// cache lacks them and returns their files.
 /// Progress goes to stderr.
 pub fn ensure() -> Result<DefaultGuest, DefaultGuestError> {
+    build(false)
+}
+
+/// [`ensure`] without printing anything (for the library): a failed
+/// build's last messages are in the error instead.
+pub fn ensure_quietly() -> Result<DefaultGuest, DefaultGuestError> {
+    build(true)
+}
+
+fn build(quiet: bool) -> Result<DefaultGuest, DefaultGuestError> {
     let dir = unpack_recipes()?;
     let cache = cache_dir().ok_or(DefaultGuestError::NoCache)?;
     let agent = crate::sandbox::guest::write_agent(&cache).map_err(|source| DefaultGuestError::Agent {
@@ -109,11 +121,17 @@ pub fn ensure() -> Result<DefaultGuest, DefaultGuestError> {
         .arg(dir.join("default-guest.sh"))
         .env("KILN_AGENT", &agent)
         .stdin(Stdio::null())
-        .stderr(Stdio::inherit())
+        .stderr(if quiet { Stdio::piped() } else { Stdio::inherit() })
         .output()
         .map_err(DefaultGuestError::Spawn)?;
     if !out.status.success() {
-        return Err(DefaultGuestError::Build);
+        if !quiet {
+            return Err(DefaultGuestError::Build);
+        }
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let lines: Vec<&str> = stderr.lines().collect();
+        let tail = lines[lines.len().saturating_sub(5)..].join(" / ");
+        return Err(DefaultGuestError::BuildQuiet(tail));
     }
     let vars: HashMap<String, PathBuf> = String::from_utf8_lossy(&out.stdout)
         .lines()

@@ -29,6 +29,9 @@ pub enum ExitReason {
     UnhandledExit { vcpu: u8, detail: String },
     /// The host asked kiln to stop (SIGTERM, SIGINT).
     Signal(i32),
+    /// The program running the VM stopped it through a
+    /// [`crate::vmm::StopHandle`] (a sandbox's timeout or drop).
+    Stopped,
 }
 
 impl ExitReason {
@@ -36,7 +39,7 @@ impl ExitReason {
     /// distinct values otherwise so scripts can tell crashes apart.
     pub fn exit_code(&self) -> i32 {
         match self {
-            ExitReason::PowerOff | ExitReason::Reset => 0,
+            ExitReason::PowerOff | ExitReason::Reset | ExitReason::Stopped => 0,
             ExitReason::GuestPanic => 3,
             ExitReason::TripleFault { .. } => 4,
             ExitReason::InternalError { .. } | ExitReason::UnhandledExit { .. } => 5,
@@ -47,7 +50,7 @@ impl ExitReason {
     /// One line for stderr, or None when the stop was orderly.
     pub fn message(&self) -> Option<String> {
         match self {
-            ExitReason::PowerOff | ExitReason::Reset => None,
+            ExitReason::PowerOff | ExitReason::Reset | ExitReason::Stopped => None,
             ExitReason::GuestPanic => Some("the guest kernel panicked (reported via pvpanic)".into()),
             ExitReason::TripleFault { vcpu } => Some(format!(
                 "the guest triple-faulted on vCPU {vcpu} (KVM_EXIT_SHUTDOWN); check that the kernel matches the boot mode"

@@ -1,6 +1,7 @@
 //! kiln: a KVM microVM monitor.
 //!
-//! The library builds and runs a VM from a [`config::VmConfig`]; the `kiln`
+//! The library builds and runs a VM from a [`config::VmConfig`], and runs
+//! untrusted commands in a fresh microVM with [`Sandbox`]; the `kiln`
 //! binary is a thin CLI over it.
 
 // First, so its logging macros are in scope in every module below.
@@ -20,3 +21,5 @@ pub mod terminal;
 pub mod timeline;
 pub mod vmm;
 pub mod vstate;
+
+pub use sandbox::{Child, ExitStatus, Output, Sandbox, SandboxBuilder, SandboxError, Stdio};

@@ -2,6 +2,8 @@
 //! outcome to an exit status (0 guest stopped cleanly, 1 host/setup error,
 //! 2 usage error, 3 guest panic, 4 triple fault, 5 KVM error, 128+N signal).
 
+mod exec_cli;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -28,6 +30,12 @@ enum Command {
     /// kiln exits when the guest powers off or reboots (status 0), or with a
     /// non-zero status and one line on stderr if the guest crashes.
     Boot(BootArgs),
+    /// Run a command in a fresh sandbox microVM and exit with its status.
+    ///
+    /// stdout and stderr are streamed as produced; the status is CMD's
+    /// (128+N if signal N killed it; 127 not found, 126 not executable;
+    /// 124 on --timeout). kiln's own errors: 1 (host/setup), 2 (usage).
+    Exec(exec_cli::ExecArgs),
     /// Build the default guest if needed and print its files as KEY=PATH
     /// lines (KERNEL=, BZIMAGE=, INITRD=, SANDBOX_INITRD= for kiln exec),
     /// so they can be prepared ahead
@@ -169,6 +177,7 @@ fn main() -> ExitCode {
             }
             Err(e) => fail(1, e),
         },
+        Command::Exec(args) => exec_cli::exec(args),
         Command::Boot(args) => {
             // A bad --metrics path fails before a guest build or boot.
             let metrics = match args.metrics.as_deref().map(MetricsFile::check).transpose() {
@@ -219,6 +228,7 @@ fn boot(mut args: BootArgs, timeline: &Arc<BootTimeline>) -> (RunEnd, u8) {
                 }
             }) as vmm::UserSpaceReport
         }),
+        stop: None,
     };
     match vmm::run_vm_with(&config, io, hooks) {
         Ok(reason) => {

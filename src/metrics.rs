@@ -101,6 +101,7 @@ impl RunEnd {
             RunEnd::Guest(ExitReason::InternalError { .. }) => "internal-error",
             RunEnd::Guest(ExitReason::UnhandledExit { .. }) => "unhandled-exit",
             RunEnd::Guest(ExitReason::Signal(_)) => "signal",
+            RunEnd::Guest(ExitReason::Stopped) => "stopped",
             RunEnd::Error => "error",
         }
     }

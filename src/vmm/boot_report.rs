@@ -20,6 +20,9 @@ pub type UserSpaceReport = Box<dyn FnOnce(&BootTimeline) + Send>;
 pub struct BootHooks {
     pub timeline: Arc<BootTimeline>,
     pub on_user_space: Option<UserSpaceReport>,
+    /// Lets another thread stop the VM; `None`: only the guest (or, with
+    /// `ConsoleIo::handle_signals`, a signal) stops it.
+    pub stop: Option<super::StopHandle>,
 }
 
 impl Default for BootHooks {
@@ -28,6 +31,7 @@ impl Default for BootHooks {
         Self {
             timeline: Arc::new(BootTimeline::starting_now()),
             on_user_space: None,
+            stop: None,
         }
     }
 }

@@ -15,7 +15,7 @@ use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use crate::config::{ConfigError, VmConfig};
 pub use crate::devices::legacy::serial::ConsoleInput;
 use crate::devices::EventLoop;
-use crate::exit::ExitReason;
+use crate::exit::{ExitNotifier, ExitReason};
 use crate::terminal::RawTerminal;
 use crate::timeline::Phase;
 use crate::vstate::memory::{proc_kib, resident_bytes};
@@ -90,6 +90,32 @@ impl ConsoleIo {
     }
 }
 
+/// Stops a VM run by [`run_vm_with`] from any thread (pass a clone in
+/// [`BootHooks::stop`]). It is the VM's own exit notifier, the one its
+/// devices and vCPUs use, so a stop asked for here is handled exactly as a
+/// guest power-off: the event loop ends, vCPUs are joined, the VM is torn
+/// down, and `run_vm_with` returns [`ExitReason::Stopped`] (unless the
+/// guest had stopped first: the first reason wins).
+#[derive(Clone)]
+pub struct StopHandle(ExitNotifier);
+
+impl StopHandle {
+    pub fn new() -> std::io::Result<Self> {
+        Ok(Self(ExitNotifier::new()?))
+    }
+
+    /// Asks the VM to stop; returns at once. Harmless if it has stopped.
+    pub fn stop(&self) {
+        self.0.notify(ExitReason::Stopped);
+    }
+
+    /// Why the VM stopped or is stopping; `None` while it runs (or before
+    /// it started).
+    pub fn exit_reason(&self) -> Option<ExitReason> {
+        self.0.reason()
+    }
+}
+
 /// Boots the VM described by `config` and runs it until it stops.
 pub fn run_vm(config: &VmConfig, io: ConsoleIo) -> Result<ExitReason, VmmError> {
     run_vm_with(config, io, BootHooks::default())
@@ -108,8 +134,11 @@ pub fn run_vm_with(config: &VmConfig, io: ConsoleIo, hooks: BootHooks) -> Result
     } = io;
     // Signals must be blocked before any thread starts, so that every
     // thread inherits the mask and only the signalfd sees them.
-    let watcher = ExitWatcher::new(handle_signals).map_err(BuildError::Setup)?;
-    let exit = watcher.notifier();
+    let exit = match &hooks.stop {
+        Some(stop) => stop.0.clone(),
+        None => ExitNotifier::new().map_err(BuildError::Setup)?,
+    };
+    let watcher = ExitWatcher::new(exit.clone(), handle_signals).map_err(BuildError::Setup)?;
     let mut event_loop: EventLoop = EventManager::new().map_err(VmmError::EventLoop)?;
     let timeline = hooks.timeline.clone();
     let (boot_timer, reporter) = boot_report::user_space_wiring(hooks).map_err(BuildError::Setup)?;

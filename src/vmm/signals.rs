@@ -43,19 +43,17 @@ fn stop_signal_fd() -> io::Result<File> {
 }
 
 impl ExitWatcher {
-    pub fn new(handle_signals: bool) -> io::Result<Self> {
+    /// Watches `exit` (shared with whoever may stop the VM from outside)
+    /// and, with `handle_signals`, the stop signals.
+    pub fn new(exit: ExitNotifier, handle_signals: bool) -> io::Result<Self> {
         Ok(Self {
-            exit: ExitNotifier::new()?,
+            exit,
             signals: if handle_signals {
                 Some(stop_signal_fd()?)
             } else {
                 None
             },
         })
-    }
-
-    pub fn notifier(&self) -> ExitNotifier {
-        self.exit.clone()
     }
 
     fn read_signal(&mut self) {
