@@ -88,8 +88,10 @@ fn debian_rootfs() -> Option<PathBuf> {
 /// passed. The checks: `sequential-20` (20 commands one after another in
 /// one Sandbox), `concurrent-4` (4 commands at once in one Sandbox, each
 /// output intact), `file-5mib` (5 MiB of random bytes through write_file
-/// and back through read_file, equal), `teardown-50` (50 sandboxes built
-/// and dropped: threads, fds and RSS back to where they were).
+/// and back through read_file, equal), `stdin-roundtrip` (1 MiB through
+/// cat via spawn() pipes), `statuses` (exit 3, 127, 137), `timeout`
+/// (Timeout, then Stopped), `no-leaks` (50 sandboxes built and dropped:
+/// threads, fds and RSS back to where they were).
 fn sandbox_check() -> Option<PathBuf> {
     if !repo().join("examples/sandbox_check.rs").is_file() {
         eprintln!("e2e: examples/sandbox_check.rs does not exist; sandbox-library will fail");
