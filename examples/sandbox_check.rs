@@ -167,6 +167,22 @@ fn statuses(sb: &Sandbox) -> CheckResult {
     Ok("exit 3 -> 3, missing -> 127, SIGKILL -> 137".into())
 }
 
+/// A command with a pty sees a terminal of the size asked for (what
+/// `kiln exec -t` gives, without needing a terminal here).
+fn pty(sb: &Sandbox) -> CheckResult {
+    let out = sb
+        .command("sh")
+        .args(["-c", "tty; stty size"])
+        .pty(33, 101)
+        .output()
+        .map_err(err)?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() || !text.contains("/dev/pts/") || !text.contains("33 101") {
+        return Err(format!("{}: {text:?}", out.status));
+    }
+    Ok(format!("{:?}", text.trim()))
+}
+
 fn timeout(args: &Args) -> CheckResult {
     let sb = builder(args)
         .timeout(Duration::from_secs(2))
@@ -277,6 +293,7 @@ fn main() -> std::process::ExitCode {
             report("file-5mib", file_round_trip(&sb));
             report("stdin-roundtrip", stdin_round_trip(&sb));
             report("statuses", statuses(&sb));
+            report("pty", pty(&sb));
         }
         Err(e) => report("boot", Err(e.to_string())),
     }

@@ -573,10 +573,10 @@ fi
 # Sandbox), concurrent-4 (4 commands at once in one Sandbox, each output
 # intact), file-5mib (5 MiB of random bytes through write_file and back
 # through read_file, equal), stdin-roundtrip (1 MiB through cat via spawn()
-# pipes), statuses (exit 3, 127, 137), timeout (Timeout, then Stopped),
+# pipes), statuses (exit 3, 127, 137), pty (a terminal of the size asked), timeout (Timeout, then Stopped),
 # no-leaks (50 sandboxes built and dropped: threads, fds and RSS back to
 # where they were).
-SANDBOX_CHECKS="sequential-20 concurrent-4 file-5mib stdin-roundtrip statuses timeout no-leaks"
+SANDBOX_CHECKS="sequential-20 concurrent-4 file-5mib stdin-roundtrip statuses pty timeout no-leaks"
 if wanted sandbox-library; then
   n=sandbox-library
   : >"$OUT/$n.log"; : >"$OUT/$n.err"
