@@ -90,7 +90,11 @@ fn run(args: &Args) -> Result<(), String> {
             return Err(format!("kiln exec -- true: {status}"));
         }
     }
-    println!("BENCH-SANDBOX cold `kiln exec -- true` ({} runs): {}", args.runs, summary(cold));
+    println!(
+        "BENCH-SANDBOX cold `kiln exec -- true` ({} runs): {}",
+        args.runs,
+        summary(cold)
+    );
 
     let before = rss_kib();
     let sandbox = Sandbox::builder()
@@ -107,7 +111,11 @@ fn run(args: &Args) -> Result<(), String> {
             return Err(format!("true in the sandbox: {status}"));
         }
     }
-    println!("BENCH-SANDBOX per command in a live sandbox ({} runs): {}", args.runs, summary(warm));
+    println!(
+        "BENCH-SANDBOX per command in a live sandbox ({} runs): {}",
+        args.runs,
+        summary(warm)
+    );
     std::thread::sleep(Duration::from_secs(2));
     let idle = rss_kib().saturating_sub(before);
     println!(

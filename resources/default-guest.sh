@@ -5,6 +5,7 @@
 #   BZIMAGE=<bzImage of the same kernel>
 #   INITRD=<initramfs.cpio.gz>
 #   SANDBOX_INITRD=<the sandbox guest's initramfs>   (when KILN_AGENT is set)
+#   AGENT=<the agent itself, for a sandbox initramfs of one's own>
 # KILN_AGENT names kiln's static guest agent (kiln writes it out from its
 # own binary); the sandbox initramfs runs it as /init.
 # This is what `kiln boot` runs when no --kernel is given. Progress and
@@ -28,4 +29,4 @@ for f in "$kdir/vmlinux" "$kdir/bzImage" "$initrd"; do
 done
 
 printf 'KERNEL=%s\nBZIMAGE=%s\nINITRD=%s\n' "$kdir/vmlinux" "$kdir/bzImage" "$initrd"
-[[ -z $sandbox_initrd ]] || printf 'SANDBOX_INITRD=%s\n' "$sandbox_initrd"
+[[ -z $sandbox_initrd ]] || printf 'SANDBOX_INITRD=%s\nAGENT=%s\n' "$sandbox_initrd" "$KILN_AGENT"

@@ -54,6 +54,10 @@ pub struct DefaultGuest {
     /// The sandbox guest's initramfs: busybox, and kiln's guest agent as
     /// `/init`.
     pub sandbox_initrd: PathBuf,
+    /// kiln's static guest agent (the sandbox initramfs's `/init`), for
+    /// users who build a sandbox initramfs of their own (e.g. with their
+    /// kernel's modules listed in `/etc/kiln/modules`).
+    pub agent: PathBuf,
 }
 
 /// `$KILN_CACHE`, else `$HOME/.cache/kiln`.
@@ -144,6 +148,7 @@ fn build(quiet: bool) -> Result<DefaultGuest, DefaultGuestError> {
         bzimage: get("BZIMAGE")?,
         initrd: get("INITRD")?,
         sandbox_initrd: get("SANDBOX_INITRD")?,
+        agent: get("AGENT")?,
     })
 }
 

@@ -37,7 +37,8 @@ enum Command {
     /// 124 on --timeout). kiln's own errors: 1 (host/setup), 2 (usage).
     Exec(exec_cli::ExecArgs),
     /// Build the default guest if needed and print its files as KEY=PATH
-    /// lines (KERNEL=, BZIMAGE=, INITRD=, SANDBOX_INITRD= for kiln exec),
+    /// lines (KERNEL=, BZIMAGE=, INITRD=, SANDBOX_INITRD= for kiln exec,
+    /// AGENT= the static guest agent, for a sandbox initramfs of one's own),
     /// so they can be prepared ahead
     /// (an image build step, a cache) and copied to another host.
     Guest,
@@ -173,6 +174,7 @@ fn main() -> ExitCode {
                 println!("BZIMAGE={}", guest.bzimage.display());
                 println!("INITRD={}", guest.initrd.display());
                 println!("SANDBOX_INITRD={}", guest.sandbox_initrd.display());
+                println!("AGENT={}", guest.agent.display());
                 ExitCode::SUCCESS
             }
             Err(e) => fail(1, e),

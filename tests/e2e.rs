@@ -214,7 +214,7 @@ const DISTRO_MODULES: &[&str] = &[
 /// kernel that `tools/nested-host` also runs as the emulated host (cached,
 /// downloaded once), and an initramfs with the test scripts and its virtio
 /// modules, which kiln's /init loads in the order /etc/kiln/modules lists.
-fn distro_artifacts(probe: &Path) -> HashMap<String, PathBuf> {
+fn distro_artifacts(probe: &Path, agent: Option<&Path>) -> HashMap<String, PathBuf> {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("e2e-distro");
     let modules = dir.join("modules");
     // Stale modules of another kernel version must not linger.
@@ -255,10 +255,38 @@ fn distro_artifacts(probe: &Path) -> HashMap<String, PathBuf> {
         .expect("run resources/build-initramfs.sh")
         .success();
     assert!(ok, "building the distro-kernel initramfs failed (see above)");
-    HashMap::from([
+    let mut artifacts = HashMap::from([
         ("DISTRO_KERNEL".to_string(), kernel),
         ("DISTRO_INITRD".to_string(), initrd),
-    ])
+    ]);
+    // The sandbox on the same kernel: kiln's agent as /init, which loads
+    // the modules /etc/kiln/modules lists.
+    if let Some(agent) = agent {
+        let sandbox = dir.join("sandbox-initramfs.cpio.gz");
+        let ok = Command::new("bash")
+            .arg(repo().join("resources/build-initramfs.sh"))
+            .arg(&sandbox)
+            .arg("--add")
+            .arg(format!("{}:/init", agent.display()))
+            .arg("--add")
+            .arg(format!("{}:/lib/modules", modules.display()))
+            .arg("--add")
+            .arg(format!(
+                "{}:/etc/kiln/modules",
+                modules.join("modules.order").display()
+            ))
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .status()
+            .expect("run resources/build-initramfs.sh")
+            .success();
+        assert!(
+            ok,
+            "building the distro-kernel sandbox initramfs failed (see above)"
+        );
+        artifacts.insert("DISTRO_SANDBOX_INITRD".to_string(), sandbox);
+    }
+    artifacts
 }
 
 /// What runs inside the nested host. The optional files (the sandbox's)
@@ -268,7 +296,8 @@ const NESTED_COMMAND: &str = "mkdir -p /scratch && mount -t tmpfs -o size=1536m 
     ROOTFS=/work/rootfs.ext4 DISTRO_KERNEL=/work/distro-vmlinuz \
     DISTRO_INITRD=/work/distro-initramfs.cpio.gz VSOCK_PROBE=/work/vsock-probe SCRATCH=/scratch \
     SANDBOX_INITRD=/work/sandbox-initramfs.cpio.gz DEBIAN_ROOTFS=/work/debian-rootfs.ext4 \
-    SANDBOX_CHECK=/work/sandbox_check sh /work/suite.sh";
+    SANDBOX_CHECK=/work/sandbox_check \
+    DISTRO_SANDBOX_INITRD=/work/distro-sandbox-initramfs.cpio.gz sh /work/suite.sh";
 
 /// Optional artifacts: (key in the artifact map, file name in the nested
 /// host's /work, as NESTED_COMMAND names them).
@@ -276,6 +305,7 @@ const OPTIONAL_FILES: &[(&str, &str)] = &[
     ("SANDBOX_INITRD", "sandbox-initramfs.cpio.gz"),
     ("DEBIAN_ROOTFS", "debian-rootfs.ext4"),
     ("SANDBOX_CHECK", "sandbox_check"),
+    ("DISTRO_SANDBOX_INITRD", "distro-sandbox-initramfs.cpio.gz"),
 ];
 
 /// Every scenario `tests/e2e/suite.sh` runs.
@@ -315,6 +345,7 @@ const SCENARIOS: &[&str] = &[
     "exec-fork-bomb",
     "exec-memory-hog",
     "exec-rootfs",
+    "exec-distro-kernel",
     "sandbox-library",
 ];
 
@@ -425,7 +456,8 @@ fn run_suite() -> Suite {
     let only = std::env::var("ONLY").unwrap_or_default();
     let probe = vsock_probe();
     let mut a = guest_artifacts();
-    a.extend(distro_artifacts(&probe));
+    let agent = a.get("AGENT").cloned();
+    a.extend(distro_artifacts(&probe, agent.as_deref()));
     let rootfs = test_rootfs(&probe);
     a.insert("VSOCK_PROBE".to_string(), probe);
     // Built only when their scenarios run: debootstrap takes a minute the
@@ -652,6 +684,11 @@ fn exec_memory_hog_is_oom_killed_inside_the_guest() {
 #[test]
 fn exec_rootfs_debian_image_runs_python3_and_stays_unchanged() {
     check("exec-rootfs");
+}
+
+#[test]
+fn exec_on_a_distribution_kernel_with_modular_vsock() {
+    check("exec-distro-kernel");
 }
 
 #[test]

@@ -325,12 +325,13 @@ fi
 # no guest cache or builder. Each run gets a private TMPDIR that must be
 # empty afterwards and a marker in its environment, so that any process it
 # leaves behind (kiln, or anything kiln started) is found in /proc.
-EXEC_SCENARIOS="exec-stdout exec-exit-code exec-stderr exec-10mib exec-stdin exec-timeout exec-signal exec-not-found exec-not-executable exec-copy exec-env-cwd exec-no-net exec-fork-bomb exec-memory-hog exec-rootfs"
+EXEC_SCENARIOS="exec-stdout exec-exit-code exec-stderr exec-10mib exec-stdin exec-timeout exec-signal exec-not-found exec-not-executable exec-copy exec-env-cwd exec-no-net exec-fork-bomb exec-memory-hog exec-rootfs exec-distro-kernel"
 exec_wanted() { for x in $EXEC_SCENARIOS; do wanted "$x" && return 0; done; return 1; }
 exec_runs=0
 le() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a <= b) }'; }
 # run_exec NAME ARGS...: kiln exec --kernel --initrd ARGS, stdin from
-# $EXEC_STDIN (default /dev/null), stdout to $OUT/NAME.out (each line
+# $EXEC_STDIN (default /dev/null), the guest from $EXEC_KERNEL and
+# $EXEC_INITRD (default $KERNEL and $SANDBOX_INITRD), stdout to $OUT/NAME.out (each line
 # prefixed with its arrival time when EXEC_STAMP=1), stderr to
 # $OUT/NAME.err, a summary in $OUT/NAME.log. Sets $status, $total and
 # $leftover (empty when kiln left nothing behind).
@@ -342,7 +343,7 @@ run_exec() {
   start=$(now)
   if [ "${EXEC_STAMP:-0}" = 1 ]; then
     { KILN_E2E_RUN=$marker TMPDIR=$etmp timeout -s KILL "$GUEST_TIMEOUT" \
-        "$KILN" exec --kernel "$KERNEL" --initrd "$SANDBOX_INITRD" "$@" \
+        "$KILN" exec --kernel "${EXEC_KERNEL:-$KERNEL}" --initrd "${EXEC_INITRD:-$SANDBOX_INITRD}" "$@" \
         <"${EXEC_STDIN:-/dev/null}" 2>"$OUT/$name.err"
       echo "KILN-STATUS $?"; } | while IFS= read -r line; do
         printf '%s %s\n' "$(now)" "$line"
@@ -350,7 +351,7 @@ run_exec() {
     status=$(sed -n 's/^[0-9.]* KILN-STATUS \([0-9]*\)$/\1/p' "$OUT/$name.out")
   else
     KILN_E2E_RUN=$marker TMPDIR=$etmp timeout -s KILL "$GUEST_TIMEOUT" \
-      "$KILN" exec --kernel "$KERNEL" --initrd "$SANDBOX_INITRD" "$@" \
+      "$KILN" exec --kernel "${EXEC_KERNEL:-$KERNEL}" --initrd "${EXEC_INITRD:-$SANDBOX_INITRD}" "$@" \
       <"${EXEC_STDIN:-/dev/null}" >"$OUT/$name.out" 2>"$OUT/$name.err"
     status=$?
   fi
@@ -560,6 +561,25 @@ if exec_wanted; then
       elif [ "$(sum "$DEBIAN_ROOTFS")" != "$before" ] || [ "$(stat -c %Y "$DEBIAN_ROOTFS")" != "$mtime" ]; then fail exec-rootfs "the image changed"
       elif [ -n "$left1$leftover" ]; then fail exec-rootfs "$left1${left1:+; }$leftover"
       else pass exec-rootfs "python3 in Debian $version printed 42; a write went to the overlay; image bytes and mtime unchanged"; fi
+    fi
+  fi
+
+  # A distribution's kernel runs the sandbox too: Debian's cloud kernel,
+  # whose virtio-mmio and vsock are modules, with an initramfs of kiln's
+  # agent (kiln guest's AGENT=) and those modules listed in
+  # /etc/kiln/modules, which the agent loads before anything else.
+  if exec_go exec-distro-kernel; then
+    if [ ! -f "${DISTRO_SANDBOX_INITRD:-}" ]; then
+      echo "E2E-RESULT exec-distro-kernel FAIL DISTRO_SANDBOX_INITRD='${DISTRO_SANDBOX_INITRD:-}' is not a file (tests/e2e.rs builds it from kiln guest's AGENT=)"
+    else
+      EXEC_KERNEL=$DISTRO_KERNEL EXEC_INITRD=$DISTRO_SANDBOX_INITRD
+      run_exec exec-distro-kernel -- sh -c 'uname -r; echo sandbox-ok'
+      EXEC_KERNEL= EXEC_INITRD=
+      release=$(sed -n 1p "$OUT/exec-distro-kernel.out")
+      if [ "$status" != 0 ]; then fail exec-distro-kernel "status=$status: $(head -c 300 "$OUT/exec-distro-kernel.err")"
+      elif [ "$(sed -n 2p "$OUT/exec-distro-kernel.out")" != sandbox-ok ]; then fail exec-distro-kernel "stdout '$(head -c 200 "$OUT/exec-distro-kernel.out")'"
+      elif [ -n "$leftover" ]; then fail exec-distro-kernel "$leftover"
+      else pass exec-distro-kernel "Debian's kernel $release ran the command in ${total}s"; fi
     fi
   fi
 fi

@@ -162,6 +162,63 @@ fn enter_rootfs(device: &str) -> io::Result<Vec<String>> {
     Ok(problems)
 }
 
+/// Module files to load at boot, one a line, dependencies first; relative
+/// paths are under `/lib/modules` (the convention of kiln's default /init):
+/// a distribution kernel with virtio-mmio, virtio-blk or vsock as modules
+/// needs them before anything else.
+const MODULE_LIST: &str = "/etc/kiln/modules";
+
+/// Loads the modules [`MODULE_LIST`] names; one already loaded is fine.
+fn load_modules() -> Vec<String> {
+    let Ok(list) = std::fs::read_to_string(MODULE_LIST) else {
+        return Vec::new();
+    };
+    let mut problems = Vec::new();
+    for line in list
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
+        let path = if line.starts_with('/') {
+            line.to_string()
+        } else {
+            format!("/lib/modules/{line}")
+        };
+        let file = match std::fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) => {
+                problems.push(format!("module {path}: {e}"));
+                continue;
+            }
+        };
+        // SAFETY: finit_module reads the open module file and an empty,
+        // NUL-terminated parameter string; both outlive the call.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_finit_module,
+                std::os::fd::AsRawFd::as_raw_fd(&file),
+                c"".as_ptr(),
+                0,
+            )
+        };
+        if r < 0 {
+            let err = io::Error::last_os_error();
+            if err.raw_os_error() != Some(libc::EEXIST) {
+                problems.push(format!("loading module {path} failed: {err}"));
+            }
+        }
+    }
+    problems
+}
+
+/// Waits (briefly) for a device node a module's probe is still creating.
+fn wait_for(path: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !std::path::Path::new(path).exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
 /// Mounts what commands need and, with `kiln.rootfs=DEVICE` on the kernel
 /// command line, moves into the user's image first. Returns the problems
 /// commands can live with; an image that cannot be used is an error (the
@@ -177,10 +234,12 @@ pub fn mount_all() -> io::Result<Vec<String>> {
     ) {
         problems.push(format!("mounting proc on /proc failed: {e}"));
     }
+    problems.extend(load_modules());
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
     if let Some(device) = rootfs_device(&cmdline) {
         // The device node comes from devtmpfs.
         let _ = mount("devtmpfs", "/dev", "devtmpfs", libc::MS_NOSUID, "mode=0755");
+        wait_for(device);
         problems.extend(enter_rootfs(device)?);
     } else {
         problems.extend(mount_under("/"));
