@@ -10,6 +10,7 @@ mod guest_log;
 
 pub mod arch;
 pub mod backends;
+pub mod bench;
 pub mod config;
 pub mod default_guest;
 pub mod devices;

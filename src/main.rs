@@ -42,6 +42,9 @@ enum Command {
     /// so they can be prepared ahead
     /// (an image build step, a cache) and copied to another host.
     Guest,
+    /// Benchmarks: kiln against containers on this machine (see README).
+    #[command(subcommand)]
+    Bench(kiln::bench::BenchCommand),
 }
 
 #[derive(Args)]
@@ -180,6 +183,7 @@ fn main() -> ExitCode {
             Err(e) => fail(1, e),
         },
         Command::Exec(args) => exec_cli::exec(args),
+        Command::Bench(command) => kiln::bench::main(command),
         Command::Boot(args) => {
             // A bad --metrics path fails before a guest build or boot.
             let metrics = match args.metrics.as_deref().map(MetricsFile::check).transpose() {
