@@ -346,6 +346,7 @@ const SCENARIOS: &[&str] = &[
     "exec-memory-hog",
     "exec-rootfs",
     "exec-distro-kernel",
+    "exec-tty",
     "sandbox-library",
 ];
 
@@ -394,7 +395,7 @@ fn run_once(a: &HashMap<String, PathBuf>, rootfs: &Path, only: &str) -> (String,
         nested
             // A normal run takes a few minutes (the sandbox-library checks
             // boot over 50 microVMs); the limit only catches a stall.
-            .args(["--timeout", "1800", "--file"])
+            .args(["--timeout", "900", "--file"])
             .arg(file(Path::new(kiln), "kiln"))
             .arg("--file")
             .arg(file(&a["KERNEL"], "vmlinux"))
@@ -424,9 +425,19 @@ fn run_once(a: &HashMap<String, PathBuf>, rootfs: &Path, only: &str) -> (String,
                 "bridge",
             ])
             // A tmpfs scratch area: sparse images and hole punching work there.
-            .args(["--", "sh", "-c", &command])
+            .args(["--", "sh", "-c", &command]);
+        // The console goes to a file as it comes, so a run that stalls can
+        // be followed (tail -f) and read afterwards.
+        let log_path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("e2e-console.log");
+        let log = std::fs::File::create(&log_path).expect("create the e2e console log");
+        eprintln!("e2e: the nested host's console goes to {}", log_path.display());
+        let status = nested
+            .stdout(log)
             .stderr(Stdio::inherit())
-            .output()
+            .status()
+            .expect("run the end-to-end suite");
+        let transcript = std::fs::read(&log_path).unwrap_or_default();
+        return (String::from_utf8_lossy(&transcript).to_string(), status.code());
     }
     .expect("run the end-to-end suite");
     (
@@ -684,6 +695,11 @@ fn exec_memory_hog_is_oom_killed_inside_the_guest() {
 #[test]
 fn exec_rootfs_debian_image_runs_python3_and_stays_unchanged() {
     check("exec-rootfs");
+}
+
+#[test]
+fn exec_t_gives_the_command_a_pty_of_the_terminal_size() {
+    check("exec-tty");
 }
 
 #[test]

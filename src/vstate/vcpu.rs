@@ -210,23 +210,38 @@ impl VcpuHandle {
     }
 }
 
+/// How long [`stop_all`] waits for vCPU threads to leave the guest. A
+/// left-behind thread keeps its VM and guest memory until the process
+/// exits, which a long-lived process (the sandbox library) must not pay
+/// for a merely slow host: a nested or loaded host can take a few hundred
+/// ms to bring a vCPU out of KVM_RUN.
+pub const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// Stops every vCPU: raise the flag, then kick until each thread is out.
 /// A kick that lands just before KVM_RUN sets immediate_exit, so a kicked
 /// thread cannot go back into the guest; repeating covers a kick that
 /// landed before the thread installed its handler pointer.
 ///
-/// Returns how many threads did not stop (stuck in a device, say) and
-/// were left running: until the process exits they may still use the VM
-/// and guest memory, so the caller must keep both.
+/// Returns how many threads did not stop within [`STOP_GRACE`] (stuck in
+/// a device, say) and were left running: until the process exits they may
+/// still use the VM and guest memory, so the caller must keep both.
 #[must_use]
 pub fn stop_all(stop: &AtomicBool, handles: Vec<VcpuHandle>) -> usize {
     stop.store(true, Ordering::Release);
-    for _ in 0..4000 {
+    let start = std::time::Instant::now();
+    while start.elapsed() < STOP_GRACE {
         if handles.iter().all(VcpuHandle::is_finished) {
             break;
         }
         handles.iter().for_each(VcpuHandle::kick);
-        std::thread::sleep(std::time::Duration::from_micros(50));
+        // Quick polls first (a vCPU normally leaves KVM_RUN within
+        // microseconds), then gentler ones for a slow host.
+        let pause = if start.elapsed() < std::time::Duration::from_millis(20) {
+            50
+        } else {
+            1000
+        };
+        std::thread::sleep(std::time::Duration::from_micros(pause));
     }
     let mut left_behind = 0;
     for h in handles {

@@ -325,7 +325,7 @@ fi
 # no guest cache or builder. Each run gets a private TMPDIR that must be
 # empty afterwards and a marker in its environment, so that any process it
 # leaves behind (kiln, or anything kiln started) is found in /proc.
-EXEC_SCENARIOS="exec-stdout exec-exit-code exec-stderr exec-10mib exec-stdin exec-timeout exec-signal exec-not-found exec-not-executable exec-copy exec-env-cwd exec-no-net exec-fork-bomb exec-memory-hog exec-rootfs exec-distro-kernel"
+EXEC_SCENARIOS="exec-stdout exec-exit-code exec-stderr exec-10mib exec-stdin exec-timeout exec-signal exec-not-found exec-not-executable exec-copy exec-env-cwd exec-no-net exec-fork-bomb exec-memory-hog exec-rootfs exec-distro-kernel exec-tty"
 exec_wanted() { for x in $EXEC_SCENARIOS; do wanted "$x" && return 0; done; return 1; }
 exec_runs=0
 le() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a <= b) }'; }
@@ -562,6 +562,27 @@ if exec_wanted; then
       elif [ -n "$left1$leftover" ]; then fail exec-rootfs "$left1${left1:+; }$leftover"
       else pass exec-rootfs "python3 in Debian $version printed 42; a write went to the overlay; image bytes and mtime unchanged"; fi
     fi
+  fi
+
+  # -t: the command gets a pty of the host terminal's size (the host
+  # terminal here is one vsock-probe's pty-run makes, 30x90).
+  if exec_go exec-tty; then
+    etmp=$(mktemp -d "${TMPDIR:-/tmp}/kx.XXXXXX")
+    start=$(now)
+    TMPDIR=$etmp timeout -s KILL 120 "$VSOCK_PROBE" pty-run 30 90 -- \
+      "$KILN" exec --kernel "$KERNEL" --initrd "$SANDBOX_INITRD" -t -- sh -c 'tty; stty size; exit 4' \
+      >"$OUT/exec-tty.out" 2>"$OUT/exec-tty.err"
+    status=$?
+    total=$(elapsed "$start" "$(now)")
+    echo "E2E-TIME exec-tty - $total"
+    files=$(ls -A "$etmp"); rm -rf "$etmp"
+    { echo "pty-run 30 90 -- kiln exec -t -- sh -c 'tty; stty size; exit 4'"; echo "status $status"
+      cat -v "$OUT/exec-tty.out"; } >"$OUT/exec-tty.log"
+    if [ "$status" != 4 ]; then fail exec-tty "status=$status, want 4: $(head -c 300 "$OUT/exec-tty.err")"
+    elif ! grep -q '^/dev/pts/' "$OUT/exec-tty.out"; then fail exec-tty "tty did not name a pty: '$(head -c 200 "$OUT/exec-tty.out" | cat -v)'"
+    elif ! grep -q '^30 90' "$OUT/exec-tty.out"; then fail exec-tty "stty size is not 30 90: '$(head -c 200 "$OUT/exec-tty.out" | cat -v)'"
+    elif [ -n "$files" ]; then fail exec-tty "files left in its TMPDIR: $files"
+    else pass exec-tty "a pty of the host terminal's size (30x90), exit status 4 passed on, in ${total}s"; fi
   fi
 
   # A distribution's kernel runs the sandbox too: Debian's cloud kernel,

@@ -3,6 +3,7 @@
 
 mod bench;
 mod checks;
+mod pty;
 mod serve;
 mod sock;
 
@@ -48,6 +49,9 @@ Sizes take K, M or G (binary) suffixes. Times are seconds.
   bench-send ADDR MIB | bench-recv ADDR MIB | bench-latency ADDR [ROUNDS]
       throughput to a sink / from a source; round trips to an echo
       listener (default 1000) and connect+first echo.
+  pty-run ROWS COLS -- CMD [ARGS...]
+      run CMD on a new pseudo-terminal of that size (its controlling
+      terminal), copy what it writes to stdout, exit with its status.
 Exit status: 0 done/passed, 1 failed (one line on stderr), 2 usage error.";
 
 /// One parsed command line.
@@ -377,6 +381,9 @@ fn run(cmd: Cmd) -> Result<(), String> {
 
 fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().skip(1).collect();
+    if argv.first().map(String::as_str) == Some("pty-run") {
+        return pty_main(&argv[1..]);
+    }
     let cmd = match parse(&argv) {
         Ok(c) => c,
         Err(e) => {
@@ -391,6 +398,28 @@ fn main() -> ExitCode {
             let _ = std::io::stdout().flush();
             eprintln!("vsock-probe {name}: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// `pty-run ROWS COLS -- CMD [ARGS...]` (see pty.rs).
+fn pty_main(args: &[String]) -> ExitCode {
+    let parsed = match args {
+        [rows, cols, dashes, cmd @ ..] if dashes == "--" && !cmd.is_empty() => {
+            match (rows.parse::<u16>(), cols.parse::<u16>()) {
+                (Ok(r), Ok(c)) if r > 0 && c > 0 => Ok((r, c, cmd)),
+                _ => Err(format!(
+                    "pty-run: ROWS and COLS must be numbers from 1 to 65535, got {rows} {cols}"
+                )),
+            }
+        }
+        _ => Err("usage: vsock-probe pty-run ROWS COLS -- CMD [ARGS...]".to_string()),
+    };
+    match parsed.and_then(|(r, c, cmd)| pty::pty_run(r, c, cmd)) {
+        Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+        Err(e) => {
+            eprintln!("vsock-probe pty-run: {e}");
+            ExitCode::from(2)
         }
     }
 }
