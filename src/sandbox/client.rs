@@ -568,4 +568,4 @@ pub fn power_off<C: Conn>(mut conn: C) -> Result<(), ClientError> {
 
 #[cfg(test)]
 #[path = "client_tests.rs"]
-mod tests;
+pub(super) mod tests;

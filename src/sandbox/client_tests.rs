@@ -39,8 +39,9 @@ fn scratch(name: &str) -> PathBuf {
     dir
 }
 
-/// Deterministic bytes that no text filter would pass unchanged.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
+/// Deterministic bytes that no text filter would pass unchanged (the
+/// sandbox tests use it too).
+pub(in crate::sandbox) fn noise(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed | 1;
     (0..len)
         .map(|_| {

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use super::agent::reaper::ReapMode;
 use super::agent::Agent;
+use super::client::tests::noise;
 use super::conn::{connect_port, ConnectError};
 use super::protocol::DEFAULT_OUTPUT_CAP;
 use super::*;
@@ -72,18 +73,6 @@ fn sandbox_with(name: &str, timeout: Option<Duration>, cap: u64) -> (Sandbox, Pa
 
 fn sandbox(name: &str) -> Sandbox {
     sandbox_with(name, None, DEFAULT_OUTPUT_CAP).0
-}
-
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 #[test]
