@@ -348,6 +348,7 @@ const SCENARIOS: &[&str] = &[
     "exec-distro-kernel",
     "exec-tty",
     "sandbox-library",
+    "nonroot-disk-vsock",
 ];
 
 /// Runs the suite (only `only`, when not empty) once; returns its
@@ -413,6 +414,8 @@ fn run_once(a: &HashMap<String, PathBuf>, rootfs: &Path, only: &str) -> (String,
             .arg(file(&a["VSOCK_PROBE"], "vsock-probe"))
             .arg("--file")
             .arg(file(&suite, "suite.sh"))
+            .arg("--file")
+            .arg(file(&suite.with_file_name("lockdown.sh"), "lockdown.sh"))
             .args([
                 "--keep-libs-of",
                 "mkfs.ext4",
@@ -737,4 +740,9 @@ fn exec_on_a_distribution_kernel_with_modular_vsock() {
 #[test]
 fn sandbox_library_checks_pass_in_a_real_guest() {
     check("sandbox-library");
+}
+
+#[test]
+fn unprivileged_user_boots_linux_with_disk_and_vsock_under_seccomp() {
+    check("nonroot-disk-vsock");
 }

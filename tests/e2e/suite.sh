@@ -644,6 +644,8 @@ if wanted sandbox-library; then
   fi
 fi
 
+. "${0%/*}/lockdown.sh"
+
 # ---- Networking (issue 8). A bridge with an address in the (nested) host,
 # one tap per guest, busybox httpd on the bridge address. All of it lives in
 # a private network namespace, so a direct run never touches the host's

@@ -4,6 +4,7 @@
 mod bench;
 mod checks;
 mod pty;
+mod run_as;
 mod serve;
 mod sock;
 
@@ -52,6 +53,8 @@ Sizes take K, M or G (binary) suffixes. Times are seconds.
   pty-run ROWS COLS -- CMD [ARGS...]
       run CMD on a new pseudo-terminal of that size (its controlling
       terminal), copy what it writes to stdout, exit with its status.
+  run-as UID GID -- CMD [ARGS...]
+      drop supplementary groups, then become GID and UID, and exec CMD.
 Exit status: 0 done/passed, 1 failed (one line on stderr), 2 usage error.";
 
 /// One parsed command line.
@@ -383,6 +386,14 @@ fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().skip(1).collect();
     if argv.first().map(String::as_str) == Some("pty-run") {
         return pty_main(&argv[1..]);
+    }
+    if argv.first().map(String::as_str) == Some("run-as") {
+        let why = match run_as::parse(&argv[1..]) {
+            Ok((uid, gid, cmd)) => run_as::run_as(uid, gid, cmd),
+            Err(e) => e,
+        };
+        eprintln!("vsock-probe {why}");
+        return ExitCode::from(2);
     }
     let cmd = match parse(&argv) {
         Ok(c) => c,

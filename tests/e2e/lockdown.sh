@@ -1,0 +1,94 @@
+# Sourced by suite.sh: a locked-down VMM (issue 11). kiln runs a Linux
+# guest with a writable root disk and a vsock (guest/lockdown) as an
+# ordinary user; while the guest runs, the host checks kiln's credentials
+# and that every kiln thread runs under a seccomp filter; afterwards the
+# disk and the bytes sent over vsock are checked.
+# Needs root (to hand /dev/kvm and the files to the user) and VSOCK_PROBE's
+# run-as. LOCKDOWN_UID/LOCKDOWN_GID: the ordinary user (default 1000).
+LOCKDOWN_SCENARIOS="nonroot-disk-vsock"
+LUID=${LOCKDOWN_UID:-1000} LGID=${LOCKDOWN_GID:-1000}
+
+# seccomp_report PID: "ok N" when all N threads of PID show Seccomp: 2,
+# else the threads that do not.
+seccomp_report() {
+  n=0 bad=
+  for s in /proc/"$1"/task/*/status; do
+    [ -e "$s" ] || continue
+    n=$((n + 1))
+    mode=$(sed -n 's/^Seccomp:[[:space:]]*//p' "$s")
+    [ "$mode" = 2 ] || bad="$bad $(sed -n 's/^Name:[[:space:]]*//p' "$s")=$mode"
+  done
+  if [ "$n" -gt 0 ] && [ -z "$bad" ]; then echo "ok $n"; else echo "threads without a filter ($n in all):$bad"; fi
+}
+# status_field PID FIELD: the value of FIELD in /proc/PID/status, tabs as spaces.
+status_field() { sed -n "s/^$2:[[:space:]]*//p" "/proc/$1/status" | tr '\t' ' '; }
+
+# lockdown_run NAME DIR SOCK AS_USER KILN-ARGS...: the lockdown guest under
+# kiln (as LUID:LGID when AS_USER is yes), a host listener at SOCK_5200 in
+# DIR, the checks while the guest waits, then its release. Sets $status,
+# $sent ("0 <sha>" from the guest), $got (sha of what the host received),
+# $creds, $seccomp, $kpid_seen (the VMM's pid while it ran).
+lockdown_run() {
+  name=$1 dir=$2 sock=$3 as_user=$4; shift 4
+  P=$VSOCK_PROBE
+  as() { if [ "$as_user" = yes ]; then "$P" run-as "$LUID" "$LGID" -- "$@"; else "$@"; fi; }
+  : >"$OUT/$name.log"; : >"$OUT/$name.err"
+  start=$(now)
+  # exec: $! is then kiln's own pid (run-as execs it too).
+  if [ "$as_user" = yes ]; then
+    (exec "$P" run-as "$LUID" "$LGID" -- "$KILN" boot "$@" </dev/null >"$OUT/$name.log" 2>"$OUT/$name.err") &
+  else
+    (exec "$KILN" boot "$@" </dev/null >"$OUT/$name.log" 2>"$OUT/$name.err") &
+  fi
+  kpid=$!
+  got=- creds=- seccomp=- kpid_seen=$kpid
+  # The listener may only be startable once kiln made DIR (a jail).
+  i=0
+  while [ ! -d "$dir" ] && [ "$i" -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+  as "$P" listen "unix:${sock}_5200" stdio --count 1 </dev/null >"$SCRATCH/$name.recv" 2>"$OUT/$name.listen.err" &
+  lpid=$!
+  if wait_for "$name" KILN-LOCKDOWN-VSOCK "$GUEST_TIMEOUT"; then
+    wait "$lpid"
+    got=$(sum "$SCRATCH/$name.recv")
+    vmm=${LOCKDOWN_VMM_PID:-$kpid}
+    [ -n "${lockdown_find_vmm:-}" ] && vmm=$($lockdown_find_vmm "$kpid")
+    kpid_seen=$vmm
+    creds="uid=$(status_field "$vmm" Uid) gid=$(status_field "$vmm" Gid) groups=$(status_field "$vmm" Groups) caps=$(status_field "$vmm" CapEff) nnp=$(status_field "$vmm" NoNewPrivs)"
+    seccomp=$(seccomp_report "$vmm")
+    [ -n "${lockdown_inspect:-}" ] && $lockdown_inspect "$vmm"
+    as "$P" stream "hybrid:$sock:5201" --retry 30 --timeout 60 </dev/null >/dev/null 2>>"$OUT/$name.err"
+  else
+    kill "$lpid" 2>/dev/null; kill -9 "$kpid" 2>/dev/null
+  fi
+  wait "$kpid"; status=$?
+  sent=$(sed -n 's/^KILN-LOCKDOWN-VSOCK //p' "$OUT/$name.log" | tr -d '\r' | head -n 1)
+  echo "E2E-TIME $name - $(elapsed "$start" "$(now)")"
+  rm -f "$SCRATCH/$name.recv"
+}
+
+if wanted nonroot-disk-vsock; then
+  n=nonroot-disk-vsock
+  img=$SCRATCH/root-nonroot.ext4
+  cp "$ROOTFS" "$img"
+  vdir=$(mktemp -d "${TMPDIR:-/tmp}/kiln-nonroot.XXXXXX")
+  # The user gets exactly what kiln is given: /dev/kvm through its group,
+  # the image and the socket directory as its own.
+  kvm_mode=$(stat -c '%a %g' /dev/kvm)
+  chgrp "$LGID" /dev/kvm && chmod 660 /dev/kvm
+  chown "$LUID:$LGID" "$img" "$vdir"
+  lockdown_run $n "$vdir" "$vdir/v.sock" yes --kernel "$KERNEL" --memory 256 \
+    --disk "path=$img,root" --vsock "cid=3,socket=$vdir/v.sock" --cmdline "$BASE kiln.run=lockdown"
+  chmod "${kvm_mode% *}" /dev/kvm; chgrp "${kvm_mode#* }" /dev/kvm
+  want=$("$VSOCK_PROBE" gen 8M --seed 3 | sha256sum | cut -d' ' -f1)
+  debugfs -R "dump /lockdown.bin $SCRATCH/lockdown.bin" "$img" >/dev/null 2>&1
+  disk=$( [ -f "$SCRATCH/lockdown.bin" ] && sum "$SCRATCH/lockdown.bin")
+  if [ "$status" != 0 ]; then fail $n "status=$status"
+  elif [ "${creds#uid=$LUID $LUID $LUID $LUID gid=$LGID $LGID $LGID $LGID}" = "$creds" ]; then fail $n "kiln did not run as $LUID:$LGID: $creds"
+  elif [ "${creds#*caps=0000000000000000}" = "$creds" ]; then fail $n "kiln had capabilities: $creds"
+  elif [ "${seccomp%% *}" != ok ]; then fail $n "seccomp: $seccomp"
+  elif [ "${sent%% *}" != 0 ]; then fail $n "guest vsock send: $sent"
+  elif [ "$got" != "$want" ]; then fail $n "host received sha $got over vsock, want $want"
+  elif [ "$disk" != "$want" ]; then fail $n "disk file after exit: $disk, want $want"
+  else pass $n "as uid $LUID: 8 MiB to disk and over vsock intact; ${seccomp#ok } threads all with Seccomp: 2; no capabilities"; fi
+  rm -rf "$img" "$vdir" "$SCRATCH/lockdown.bin"
+fi
