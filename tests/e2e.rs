@@ -296,7 +296,7 @@ const NESTED_COMMAND: &str = "mkdir -p /scratch && mount -t tmpfs -o size=1536m 
     ROOTFS=/work/rootfs.ext4 DISTRO_KERNEL=/work/distro-vmlinuz \
     DISTRO_INITRD=/work/distro-initramfs.cpio.gz VSOCK_PROBE=/work/vsock-probe SCRATCH=/scratch \
     SANDBOX_INITRD=/work/sandbox-initramfs.cpio.gz DEBIAN_ROOTFS=/work/debian-rootfs.ext4 \
-    SANDBOX_CHECK=/work/sandbox_check \
+    SANDBOX_CHECK=/work/sandbox_check BENCH_BUSYBOX=/work/busybox BENCH_FONT=/work/font.ttf \
     DISTRO_SANDBOX_INITRD=/work/distro-sandbox-initramfs.cpio.gz sh /work/suite.sh";
 
 /// Optional artifacts: (key in the artifact map, file name in the nested
@@ -349,6 +349,7 @@ const SCENARIOS: &[&str] = &[
     "exec-tty",
     "sandbox-library",
     "nonroot-disk-vsock",
+    "bench-boot",
 ];
 
 /// Runs the suite (only `only`, when not empty) once; returns its
@@ -416,6 +417,8 @@ fn run_once(a: &HashMap<String, PathBuf>, rootfs: &Path, only: &str) -> (String,
             .arg(file(&suite, "suite.sh"))
             .arg("--file")
             .arg(file(&suite.with_file_name("lockdown.sh"), "lockdown.sh"))
+            .arg("--file")
+            .arg(file(&suite.with_file_name("bench.sh"), "bench.sh"))
             .args([
                 "--keep-libs-of",
                 "mkfs.ext4",
@@ -423,6 +426,15 @@ fn run_once(a: &HashMap<String, PathBuf>, rootfs: &Path, only: &str) -> (String,
                 "e2fsck",
                 "--keep-libs-of",
                 "debugfs",
+                // bench-boot's containers (tools/install-deps installs them).
+                "--keep-libs-of",
+                "runc",
+                "--keep-libs-of",
+                "crun",
+                "--file",
+                "/bin/busybox:/work/busybox",
+                "--file",
+                "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf:/work/font.ttf",
                 // The net-* scenarios bridge their taps (tun is always loaded).
                 "--module",
                 "bridge",
@@ -745,4 +757,9 @@ fn sandbox_library_checks_pass_in_a_real_guest() {
 #[test]
 fn unprivileged_user_boots_linux_with_disk_and_vsock_under_seccomp() {
     check("nonroot-disk-vsock");
+}
+
+#[test]
+fn bench_boot_compares_kiln_with_runc_and_crun_and_writes_json_csv_and_png() {
+    check("bench-boot");
 }
