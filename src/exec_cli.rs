@@ -79,6 +79,10 @@ pub struct ExecArgs {
     /// Boot even where KVM is known not to run Linux (PVM hosts).
     #[arg(long)]
     force: bool,
+    /// Run the sandbox's VMM without its seccomp filters (for debugging
+    /// kiln only; see `kiln boot --no-seccomp`).
+    #[arg(long)]
+    no_seccomp: bool,
     /// The command and its arguments.
     #[arg(last = true, required = true, value_name = "CMD")]
     command: Vec<String>,
@@ -166,7 +170,8 @@ pub fn exec(args: ExecArgs) -> ExitCode {
     let mut builder = Sandbox::builder()
         .cpus(args.cpus as u8)
         .memory_mib(args.memory)
-        .force(args.force);
+        .force(args.force)
+        .seccomp(!args.no_seccomp);
     if let Some(t) = plan.timeout {
         builder = builder.timeout(t);
     }

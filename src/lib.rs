@@ -17,6 +17,7 @@ pub mod devices;
 pub mod exit;
 pub mod metrics;
 pub mod sandbox;
+pub mod seccomp;
 pub mod sync;
 pub mod terminal;
 pub mod timeline;

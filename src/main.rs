@@ -97,6 +97,11 @@ struct BootArgs {
     /// Boot a Linux kernel even where KVM is known not to run one (PVM hosts).
     #[arg(long)]
     force: bool,
+    /// Run without the seccomp filters (for debugging kiln only). By
+    /// default each kiln thread may make only the system calls it needs
+    /// once the guest runs; any other call stops kiln with status 159.
+    #[arg(long)]
+    no_seccomp: bool,
     /// Print one line on stderr when the guest reaches user space (writes
     /// 123 to the boot-timer device at 0xc0000000), with the time of each
     /// earlier phase in ms since kiln started.
@@ -123,6 +128,9 @@ impl BootArgs {
         c.disks.sort_by_key(|d| !d.root);
         c.nets = self.nets;
         c.vsock = self.vsock;
+        if self.no_seccomp {
+            c.seccomp = kiln::seccomp::SeccompMode::Off;
+        }
         c.validate()?;
         Ok(c)
     }
@@ -186,13 +194,18 @@ fn main() -> ExitCode {
         Command::Bench(command) => kiln::bench::main(command),
         Command::Boot(args) => {
             // A bad --metrics path fails before a guest build or boot.
-            let metrics = match args.metrics.as_deref().map(MetricsFile::check).transpose() {
+            let metrics = match args.metrics.as_deref().map(MetricsFile::open).transpose() {
                 Ok(m) => m,
                 Err(e) => return fail(1, e),
             };
             let (end, code) = boot(args, &timeline);
             if let Some(file) = metrics {
-                if let Err(e) = file.write(&MetricsRecord::now(&timeline, &end, i32::from(code))) {
+                if let Err(e) = file.write(&MetricsRecord::now(
+                    &timeline,
+                    &end,
+                    i32::from(code),
+                    file.peak_rss_kib(),
+                )) {
                     // The run's own failure, if any, says more.
                     return fail(if code == 0 { 1 } else { code }, e);
                 }

@@ -7,10 +7,13 @@
 //!  "exit_reason":"power-off","exit_code":0}
 //! ```
 //! Phases are µs since process start (see [`crate::timeline::Phase`]),
-//! each `null` if not reached. The file is written beside its final name
-//! and renamed over it, so a reader never sees half a record.
+//! each `null` if not reached. The file is created (emptied) when kiln
+//! starts and the record written into it at exit: under seccomp kiln can
+//! open no file once the guest runs.
 
+use std::fs::File;
 use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use serde::ser::SerializeMap;
@@ -18,7 +21,7 @@ use serde::{Serialize, Serializer};
 
 use crate::exit::ExitReason;
 use crate::timeline::BootTimeline;
-use crate::vstate::memory::proc_kib;
+use crate::vstate::memory::kib_field;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
@@ -30,16 +33,20 @@ pub enum MetricsError {
     Write { path: String, source: std::io::Error },
 }
 
-/// Where the record goes, checked before the VM starts.
-#[derive(Debug, Clone)]
+/// Where the record goes: opened before the VM starts, written at exit.
+#[derive(Debug)]
 pub struct MetricsFile {
     path: PathBuf,
+    file: File,
+    /// /proc/self/status, opened now to read the peak RSS at exit.
+    status: Option<File>,
 }
 
 impl MetricsFile {
-    /// Accepts `path` if its directory exists and it is not a directory
-    /// itself, so a typo fails at once rather than after the whole run.
-    pub fn check(path: &Path) -> Result<Self, MetricsError> {
+    /// Creates (or empties) `path` if its directory exists and it is not a
+    /// directory itself, so a typo fails at once rather than after the
+    /// whole run.
+    pub fn open(path: &Path) -> Result<Self, MetricsError> {
         let shown = path.display().to_string();
         if path.is_dir() || path.file_name().is_none() {
             return Err(MetricsError::IsDirectory { path: shown });
@@ -54,13 +61,24 @@ impl MetricsFile {
                 dir: dir.display().to_string(),
             });
         }
+        let file = File::create(path).map_err(|source| MetricsError::Write { path: shown, source })?;
         Ok(Self {
             path: path.to_path_buf(),
+            file,
+            status: File::open("/proc/self/status").ok(),
         })
     }
 
-    /// Writes `record` as one line of JSON: to a temporary file in the
-    /// same directory, then renamed over the final name.
+    /// This process's peak resident set (VmHWM) in KiB, guest pages it
+    /// touched included. (ru_maxrss would include the image of the
+    /// process that exec'd kiln; VmHWM is kiln's own.)
+    pub fn peak_rss_kib(&self) -> Option<u64> {
+        let mut buf = vec![0u8; 4096];
+        let n = self.status.as_ref()?.read_at(&mut buf, 0).ok()?;
+        kib_field(&String::from_utf8_lossy(&buf[..n]), "VmHWM")
+    }
+
+    /// Writes `record` as one line of JSON.
     pub fn write(&self, record: &MetricsRecord) -> Result<(), MetricsError> {
         let err = |source| MetricsError::Write {
             path: self.path.display().to_string(),
@@ -68,17 +86,7 @@ impl MetricsFile {
         };
         let mut text = serde_json::to_vec(record).map_err(|e| err(e.into()))?;
         text.push(b'\n');
-        let name = self.path.file_name().unwrap_or_default().to_string_lossy();
-        let tmp = self
-            .path
-            .with_file_name(format!(".{name}.tmp{}", std::process::id()));
-        let result = std::fs::File::create(&tmp)
-            .and_then(|mut f| f.write_all(&text))
-            .and_then(|()| std::fs::rename(&tmp, &self.path));
-        if result.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        result.map_err(err)
+        (&self.file).write_all(&text).map_err(err)
     }
 }
 
@@ -137,16 +145,14 @@ pub struct MetricsRecord<'a> {
 
 impl<'a> MetricsRecord<'a> {
     /// The record for this process now: `timeline`'s phases, the CPU time
-    /// and peak memory of every thread so far, and how the run ended.
-    pub fn now(timeline: &'a BootTimeline, end: &RunEnd, exit_code: i32) -> Self {
+    /// of every thread so far, the peak memory given, and how the run ended.
+    pub fn now(timeline: &'a BootTimeline, end: &RunEnd, exit_code: i32, peak_rss_kib: Option<u64>) -> Self {
         let (cpu_user_us, cpu_sys_us) = cpu_time_us();
         Self {
             phases_us: PhasesUs(timeline),
             cpu_user_us,
             cpu_sys_us,
-            // ru_maxrss would include the image of the process that
-            // exec'd kiln; VmHWM is kiln's own.
-            peak_rss_kib: proc_kib("/proc/self/status", "VmHWM"),
+            peak_rss_kib,
             exit_reason: end.name(),
             exit_code,
         }
@@ -180,17 +186,15 @@ mod tests {
     }
 
     #[test]
-    fn check_refuses_missing_directories_and_directories() {
+    fn open_refuses_missing_directories_and_directories() {
         let dir = scratch("check");
         let missing = dir.join("nope/m.json");
-        let e = MetricsFile::check(&missing).unwrap_err().to_string();
+        let e = MetricsFile::open(&missing).unwrap_err().to_string();
         assert!(e.contains("does not exist") && e.contains("nope"), "{e}");
-        let e = MetricsFile::check(&dir).unwrap_err().to_string();
+        let e = MetricsFile::open(&dir).unwrap_err().to_string();
         assert!(e.contains("is a directory"), "{e}");
-        assert!(MetricsFile::check(Path::new("/")).is_err());
-        assert!(MetricsFile::check(&dir.join("m.json")).is_ok());
-        // A bare file name is in the current directory, which exists.
-        assert!(MetricsFile::check(Path::new("m.json")).is_ok());
+        assert!(MetricsFile::open(Path::new("/")).is_err());
+        assert!(MetricsFile::open(&dir.join("m.json")).is_ok());
     }
 
     #[test]
@@ -198,7 +202,13 @@ mod tests {
         let timeline = BootTimeline::with_origin(Instant::now() - Duration::from_millis(3));
         timeline.record(Phase::VmCreated);
         timeline.record(Phase::GuestExit);
-        let record = MetricsRecord::now(&timeline, &RunEnd::Guest(ExitReason::PowerOff), 0);
+        let file = MetricsFile::open(&scratch("record").join("m.json")).unwrap();
+        let record = MetricsRecord::now(
+            &timeline,
+            &RunEnd::Guest(ExitReason::PowerOff),
+            0,
+            file.peak_rss_kib(),
+        );
         let text = serde_json::to_string(&record).unwrap();
         let names: Vec<usize> = Phase::ALL.iter().map(|p| text.find(p.name()).unwrap()).collect();
         assert!(names.windows(2).all(|w| w[0] < w[1]), "{text}");
@@ -215,24 +225,22 @@ mod tests {
     }
 
     #[test]
-    fn write_replaces_the_file_whole_and_leaves_no_temporary() {
+    fn open_empties_the_file_and_write_puts_the_record_in_it() {
         let dir = scratch("write");
         let path = dir.join("m.json");
         std::fs::write(&path, "old").unwrap();
         let timeline = BootTimeline::starting_now();
-        let file = MetricsFile::check(&path).unwrap();
-        file.write(&MetricsRecord::now(&timeline, &RunEnd::Error, 1))
+        let file = MetricsFile::open(&path).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "");
+        // The directory can go away meanwhile: the record is written to
+        // the file opened at start, which is what seccomp requires.
+        file.write(&MetricsRecord::now(&timeline, &RunEnd::Error, 1, None))
             .unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(v["exit_reason"], "error");
+        assert!(v["peak_rss_kib"].is_null());
         assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
-        // The directory went away since the check: a clear error, no panic.
-        std::fs::remove_dir_all(&dir).unwrap();
-        let e = file
-            .write(&MetricsRecord::now(&timeline, &RunEnd::Error, 1))
-            .unwrap_err();
-        assert!(e.to_string().starts_with("cannot write --metrics"), "{e}");
     }
 
     #[test]

@@ -122,6 +122,8 @@ pub struct VmConfig {
     pub nets: Vec<NetConfig>,
     /// The virtio-vsock device.
     pub vsock: Option<VsockConfig>,
+    /// Whether the VMM and vCPU threads run under their seccomp filters.
+    pub seccomp: crate::seccomp::SeccompMode,
 }
 
 impl VmConfig {
@@ -138,6 +140,7 @@ impl VmConfig {
             disks: Vec::new(),
             nets: Vec::new(),
             vsock: None,
+            seccomp: crate::seccomp::SeccompMode::On,
         }
     }
 

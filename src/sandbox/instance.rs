@@ -17,6 +17,7 @@ use super::transfer::Limits;
 use super::vm::{wait_for_agent, Shared, VmThread};
 use crate::config::{DiskConfig, NetConfig, VmConfig, VsockConfig, DEFAULT_CMDLINE};
 use crate::devices::virtio::block::BlockConfig;
+use crate::seccomp::SeccompMode;
 
 /// Guest memory unless the builder says otherwise: room for the kernel,
 /// the initramfs, tmpfs files and an interpreter or two.
@@ -63,6 +64,7 @@ pub struct SandboxBuilder {
     env: Vec<(String, String)>,
     console: Option<PathBuf>,
     force: bool,
+    seccomp: SeccompMode,
 }
 
 impl Default for SandboxBuilder {
@@ -82,6 +84,7 @@ impl Default for SandboxBuilder {
             env: Vec::new(),
             console: None,
             force: false,
+            seccomp: SeccompMode::On,
         }
     }
 }
@@ -178,6 +181,14 @@ impl SandboxBuilder {
         self
     }
 
+    /// Whether the sandbox's VMM and vCPU threads run under their seccomp
+    /// filters (default on; off is for debugging kiln). The filters apply
+    /// to those threads only, never to the program's own.
+    pub fn seccomp(mut self, on: bool) -> Self {
+        self.seccomp = if on { SeccompMode::On } else { SeccompMode::Off };
+        self
+    }
+
     fn vm_config(&self, kernel: PathBuf, initrd: PathBuf, socket: PathBuf) -> Result<VmConfig, SandboxError> {
         let mut config = VmConfig::new(kernel);
         config.initrd = Some(initrd);
@@ -185,6 +196,7 @@ impl SandboxBuilder {
         config.cpus = crate::config::validate_cpus(u64::from(self.cpus))?;
         config.memory_mib = self.memory_mib;
         config.force = self.force;
+        config.seccomp = self.seccomp;
         if let Some(image) = &self.rootfs {
             let mut block = BlockConfig::new(image);
             block.read_only = true;

@@ -16,10 +16,11 @@ use crate::config::{ConfigError, VmConfig};
 pub use crate::devices::legacy::serial::ConsoleInput;
 use crate::devices::EventLoop;
 use crate::exit::{ExitNotifier, ExitReason};
+use crate::seccomp::{self, SeccompError, ThreadKind};
 use crate::terminal::RawTerminal;
 use crate::timeline::Phase;
-use crate::vstate::memory::{proc_kib, resident_bytes};
-use crate::vstate::vcpu::{self, VcpuHandle};
+use crate::vstate::memory::{peak_rss_kib, resident_bytes};
+use crate::vstate::vcpu::{self, StartGate, VcpuHandle};
 
 pub use boot_report::{BootHooks, UserSpaceReport};
 pub use builder::{BuildError, DeviceCounters};
@@ -35,6 +36,8 @@ pub enum VmmError {
     EventLoop(#[from] event_manager::Error),
     #[error("cannot start a vCPU thread: {0}")]
     Thread(std::io::Error),
+    #[error(transparent)]
+    Seccomp(SeccompError),
 }
 
 impl VmmError {
@@ -158,8 +161,9 @@ pub fn run_vm_with(config: &VmConfig, io: ConsoleIo, hooks: BootHooks) -> Result
     let _terminal = raw_terminal.then(RawTerminal::new);
     let mut handles = Vec::with_capacity(vm.vcpus.len());
     let mut result = Ok(());
+    let gate = StartGate::default();
     for v in vm.vcpus {
-        match VcpuHandle::spawn(v, stop.clone()) {
+        match VcpuHandle::spawn(v, stop.clone(), config.seccomp, gate.clone()) {
             Ok(h) => handles.push(h),
             Err(e) => {
                 result = Err(VmmError::Thread(e));
@@ -167,6 +171,12 @@ pub fn run_vm_with(config: &VmConfig, io: ConsoleIo, hooks: BootHooks) -> Result
             }
         }
     }
+    // This thread's filter goes on after it started the vCPU threads (they
+    // must not inherit it) and before any of them enters the guest.
+    if result.is_ok() {
+        result = seccomp::install(ThreadKind::Vmm, config.seccomp).map_err(VmmError::Seccomp);
+    }
+    gate.open();
     while result.is_ok() && exit.reason().is_none() {
         if let Err(e) = event_loop.run() {
             result = Err(VmmError::EventLoop(e));
@@ -177,11 +187,12 @@ pub fn run_vm_with(config: &VmConfig, io: ConsoleIo, hooks: BootHooks) -> Result
     // What the guest printed last goes out, with a bounded wait.
     crate::sync::lock(&vm.console).finish();
     if log::log_enabled!(log::Level::Debug) {
+        // Peak RSS from getrusage: /proc cannot be opened under seccomp.
         match resident_bytes(&vm.memory) {
             Ok(b) => log::debug!(
                 "guest memory resident: {} KiB, peak RSS: {} KiB",
                 b >> 10,
-                proc_kib("/proc/self/status", "VmHWM").unwrap_or(0)
+                peak_rss_kib()
             ),
             Err(e) => log::debug!("guest memory residency unknown: {e}"),
         }

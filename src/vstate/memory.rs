@@ -49,9 +49,26 @@ pub fn create_guest_memory(mem_size: u64) -> Result<GuestMemoryMmap, MemoryError
 /// The `KEY: N kB` value of a /proc file such as /proc/meminfo or
 /// /proc/self/status, in KiB.
 pub fn proc_kib(path: &str, key: &str) -> Option<u64> {
-    let text = std::fs::read_to_string(path).ok()?;
+    kib_field(&std::fs::read_to_string(path).ok()?, key)
+}
+
+/// The kB value of `key` in the text of a /proc status-like file.
+pub fn kib_field(text: &str, key: &str) -> Option<u64> {
     let line = text.lines().find(|l| l.split(':').next() == Some(key))?;
     line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// This process's peak resident set in KiB (ru_maxrss), 0 if unknown.
+/// It may include the image of the process that exec'd kiln; VmHWM in
+/// /proc is kiln's own but cannot be opened once seccomp is on.
+pub fn peak_rss_kib() -> u64 {
+    // SAFETY: rusage is plain data; getrusage fills it in or fails.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `usage` is a valid rusage to write to.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+        return 0;
+    }
+    usage.ru_maxrss.max(0) as u64
 }
 
 /// Bytes of guest memory actually backed by host pages (touched by the

@@ -4,7 +4,7 @@
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
 use kvm_bindings::{
@@ -15,6 +15,7 @@ use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
 use crate::devices::bus::Bus;
 use crate::exit::{ExitNotifier, ExitReason};
+use crate::seccomp::{self, SeccompMode, ThreadKind};
 use crate::timeline::{BootTimeline, Phase};
 use crate::vstate::kvm::{HostKind, PVM_HINT};
 
@@ -175,6 +176,29 @@ impl Vcpu {
     }
 }
 
+/// Holds vCPU threads back until the VMM thread has its seccomp filter:
+/// no guest code runs before every thread is filtered.
+#[derive(Clone, Default)]
+pub struct StartGate(Arc<(Mutex<bool>, Condvar)>);
+
+impl StartGate {
+    pub fn open(&self) {
+        *crate::sync::lock(&self.0 .0) = true;
+        self.0 .1.notify_all();
+    }
+
+    fn wait(&self) {
+        let mut open = crate::sync::lock(&self.0 .0);
+        while !*open {
+            open = self
+                .0
+                 .1
+                .wait(open)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+    }
+}
+
 /// A running vCPU thread.
 pub struct VcpuHandle {
     pub index: u8,
@@ -183,12 +207,29 @@ pub struct VcpuHandle {
 
 impl VcpuHandle {
     /// Starts `vcpu` on its own thread; it stops when `stop` is raised
-    /// (see [`stop_all`]) or the guest stops.
-    pub fn spawn(vcpu: Vcpu, stop: Arc<AtomicBool>) -> std::io::Result<Self> {
+    /// (see [`stop_all`]) or the guest stops. The thread installs its
+    /// seccomp filter (per `seccomp`), then enters the guest only once
+    /// `gate` opens.
+    pub fn spawn(
+        vcpu: Vcpu,
+        stop: Arc<AtomicBool>,
+        seccomp: SeccompMode,
+        gate: StartGate,
+    ) -> std::io::Result<Self> {
         let index = vcpu.index;
         let handle = std::thread::Builder::new()
             .name(format!("kiln-vcpu{index}"))
-            .spawn(move || vcpu.run(&stop))?;
+            .spawn(move || {
+                if let Err(e) = seccomp::install(ThreadKind::Vcpu, seccomp) {
+                    vcpu.exit.notify(ExitReason::InternalError {
+                        vcpu: index,
+                        detail: e.to_string(),
+                    });
+                    return;
+                }
+                gate.wait();
+                vcpu.run(&stop)
+            })?;
         Ok(Self { index, handle })
     }
 
