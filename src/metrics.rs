@@ -13,7 +13,6 @@
 
 use std::fs::File;
 use std::io::Write;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use serde::ser::SerializeMap;
@@ -21,7 +20,7 @@ use serde::{Serialize, Serializer};
 
 use crate::exit::ExitReason;
 use crate::timeline::BootTimeline;
-use crate::vstate::memory::kib_field;
+use crate::vstate::memory::ProcSelfStatus;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
@@ -38,8 +37,8 @@ pub enum MetricsError {
 pub struct MetricsFile {
     path: PathBuf,
     file: File,
-    /// /proc/self/status, opened now to read the peak RSS at exit.
-    status: Option<File>,
+    /// Opened now to read the peak RSS at exit.
+    status: Option<ProcSelfStatus>,
 }
 
 impl MetricsFile {
@@ -65,7 +64,7 @@ impl MetricsFile {
         Ok(Self {
             path: path.to_path_buf(),
             file,
-            status: File::open("/proc/self/status").ok(),
+            status: ProcSelfStatus::open(),
         })
     }
 
@@ -73,9 +72,7 @@ impl MetricsFile {
     /// touched included. (ru_maxrss would include the image of the
     /// process that exec'd kiln; VmHWM is kiln's own.)
     pub fn peak_rss_kib(&self) -> Option<u64> {
-        let mut buf = vec![0u8; 4096];
-        let n = self.status.as_ref()?.read_at(&mut buf, 0).ok()?;
-        kib_field(&String::from_utf8_lossy(&buf[..n]), "VmHWM")
+        self.status.as_ref()?.kib("VmHWM")
     }
 
     /// Writes `record` as one line of JSON.

@@ -208,8 +208,6 @@ const CALL_NAMES: &[(i64, &str)] = &[
     (libc::SYS_unlinkat, "unlinkat"),
     (libc::SYS_mkdir, "mkdir"),
     (libc::SYS_prctl, "prctl"),
-    (libc::SYS_eventfd2, "eventfd2"),
-    (libc::SYS_timerfd_create, "timerfd_create"),
     (libc::SYS_epoll_create1, "epoll_create1"),
 ];
 

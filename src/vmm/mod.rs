@@ -19,7 +19,7 @@ use crate::exit::{ExitNotifier, ExitReason};
 use crate::seccomp::{self, SeccompError, ThreadKind};
 use crate::terminal::RawTerminal;
 use crate::timeline::Phase;
-use crate::vstate::memory::{peak_rss_kib, resident_bytes};
+use crate::vstate::memory::{resident_bytes, ProcSelfStatus};
 use crate::vstate::vcpu::{self, StartGate, VcpuHandle};
 
 pub use boot_report::{BootHooks, UserSpaceReport};
@@ -162,6 +162,10 @@ pub fn run_vm_with(config: &VmConfig, io: ConsoleIo, hooks: BootHooks) -> Result
     let mut handles = Vec::with_capacity(vm.vcpus.len());
     let mut result = Ok(());
     let gate = StartGate::default();
+    // Opened now: under seccomp no file can be opened at the end.
+    let proc_status = log::log_enabled!(log::Level::Debug)
+        .then(ProcSelfStatus::open)
+        .flatten();
     for v in vm.vcpus {
         match VcpuHandle::spawn(v, stop.clone(), config.seccomp, gate.clone()) {
             Ok(h) => handles.push(h),
@@ -187,12 +191,11 @@ pub fn run_vm_with(config: &VmConfig, io: ConsoleIo, hooks: BootHooks) -> Result
     // What the guest printed last goes out, with a bounded wait.
     crate::sync::lock(&vm.console).finish();
     if log::log_enabled!(log::Level::Debug) {
-        // Peak RSS from getrusage: /proc cannot be opened under seccomp.
         match resident_bytes(&vm.memory) {
             Ok(b) => log::debug!(
                 "guest memory resident: {} KiB, peak RSS: {} KiB",
                 b >> 10,
-                peak_rss_kib()
+                proc_status.as_ref().and_then(|s| s.kib("VmHWM")).unwrap_or(0)
             ),
             Err(e) => log::debug!("guest memory residency unknown: {e}"),
         }

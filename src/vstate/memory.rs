@@ -58,17 +58,23 @@ pub fn kib_field(text: &str, key: &str) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// This process's peak resident set in KiB (ru_maxrss), 0 if unknown.
-/// It may include the image of the process that exec'd kiln; VmHWM in
-/// /proc is kiln's own but cannot be opened once seccomp is on.
-pub fn peak_rss_kib() -> u64 {
-    // SAFETY: rusage is plain data; getrusage fills it in or fails.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: `usage` is a valid rusage to write to.
-    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
-        return 0;
+/// /proc/self/status, opened ahead: a thread under seccomp can read it
+/// (pread) but could not open it.
+#[derive(Debug)]
+pub struct ProcSelfStatus(std::fs::File);
+
+impl ProcSelfStatus {
+    pub fn open() -> Option<Self> {
+        std::fs::File::open("/proc/self/status").ok().map(Self)
     }
-    usage.ru_maxrss.max(0) as u64
+
+    /// The kB value of `key` (e.g. VmHWM, kiln's own peak RSS) now.
+    pub fn kib(&self, key: &str) -> Option<u64> {
+        use std::os::unix::fs::FileExt;
+        let mut buf = vec![0u8; 8192];
+        let n = self.0.read_at(&mut buf, 0).ok()?;
+        kib_field(&String::from_utf8_lossy(&buf[..n]), key)
+    }
 }
 
 /// Bytes of guest memory actually backed by host pages (touched by the
