@@ -234,6 +234,12 @@ impl RateLimiter {
         Ok(())
     }
 
+    /// Makes the timer fire as soon as possible, without throttling: for a
+    /// device that stopped a pass its timer started and must come back.
+    pub fn wake_soon(&mut self) {
+        self.arm(1);
+    }
+
     fn apply(&mut self, config: &RateLimiterConfig) {
         let now = self.clock.now_ns();
         self.config = RateLimiterConfig::default();

@@ -86,6 +86,12 @@ pub trait VirtioDevice: Send {
     fn read_config(&self, offset: u64, data: &mut [u8]);
     /// Writes device config space; read-only fields ignore writes.
     fn write_config(&mut self, offset: u64, data: &[u8]);
+    /// Changes whenever the config space changes under the driver (a new
+    /// disk size), so a driver can tell a torn read (§4.2.2
+    /// `ConfigGeneration`). The device raises `INTERRUPT_CONFIG` too.
+    fn config_generation(&self) -> u32 {
+        0
+    }
     /// Called when the driver sets DRIVER_OK with a consistent setup, on
     /// the vCPU thread that wrote it: must not block. The device may add
     /// its host fds to `ctx.host_events` here or later. If it fails,
