@@ -237,8 +237,10 @@ impl<D: VirtioDevice> MmioTransport<D> {
         &self.device
     }
 
-    #[cfg(test)]
-    pub(crate) fn device_mut(&mut self) -> &mut D {
+    /// The device, for a change the VMM makes while the driver runs it (a
+    /// new medium, new rate limits); the transport's lock keeps it apart
+    /// from queue and host-event processing.
+    pub fn device_mut(&mut self) -> &mut D {
         &mut self.device
     }
 
