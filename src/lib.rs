@@ -16,6 +16,7 @@ pub mod default_guest;
 pub mod devices;
 pub mod exit;
 pub mod metrics;
+pub mod rate_limiter;
 pub mod sandbox;
 pub mod seccomp;
 pub mod sync;

@@ -5,6 +5,7 @@ use super::id::{validate_id, IdError};
 use super::spec::{Key, Spec, SpecError};
 use super::ConfigError;
 use crate::devices::virtio::block::BlockConfig;
+use crate::rate_limiter::{RateKeys, RateLimitConfigError, RateLimiterConfig};
 
 const KEYS: &[Key] = &[
     Key::value("path", "FILE").required(),
@@ -13,6 +14,10 @@ const KEYS: &[Key] = &[
     Key::value("id", "ID"),
     Key::value("cache", "unsafe|writeback|none"),
     Key::value("shared", "on|off"),
+    Key::value("bw", "SIZE/MS"),
+    Key::value("bw-burst", "SIZE"),
+    Key::value("ops", "N/MS"),
+    Key::value("ops-burst", "N"),
 ];
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -26,6 +31,8 @@ pub enum DiskError {
     Cache(String),
     #[error("the disk image path is empty; give the image's file")]
     NoPath,
+    #[error(transparent)]
+    RateLimit(#[from] RateLimitConfigError),
 }
 
 /// One disk: the block device plus whether it is the root filesystem.
@@ -49,6 +56,7 @@ impl DiskConfig {
         if let Some(id) = &self.block.id {
             validate_id(id)?;
         }
+        self.block.rate_limiter.validate()?;
         Ok(())
     }
 }
@@ -71,6 +79,9 @@ fn parse_spec(text: &str) -> Result<DiskConfig, DiskError> {
         block.cache = cache.parse().map_err(|e| DiskError::Cache(format!("{e}")))?;
     }
     block.shared = spec.switch("shared")?.unwrap_or(false);
+    let keys = RateKeys::PLAIN;
+    let values = [keys.bw, keys.bw_burst, keys.ops, keys.ops_burst].map(|key| spec.value(key));
+    block.rate_limiter = RateLimiterConfig::from_keys(&keys, values)?;
     let disk = DiskConfig {
         block,
         root: spec.flag("root"),
@@ -145,7 +156,7 @@ mod tests {
         assert!(
             unknown.ends_with(
                 "use path=FILE, root, readonly[=on|off], id=ID, \
-                 cache=unsafe|writeback|none, shared=on|off"
+                 cache=unsafe|writeback|none, shared=on|off, bw=SIZE/MS, bw-burst=SIZE, ops=N/MS, ops-burst=N"
             ),
             "{unknown}"
         );
@@ -168,6 +179,38 @@ mod tests {
                 root: false
             }
         );
+    }
+
+    #[test]
+    fn rate_limit_keys_build_the_disks_limiter() {
+        use crate::rate_limiter::TokenBucketConfig;
+        let d = parse("path=x,bw=10M/1000,bw-burst=1G,ops=100/500").unwrap();
+        assert_eq!(
+            d.block.rate_limiter,
+            RateLimiterConfig {
+                bandwidth: Some(TokenBucketConfig {
+                    size: 10 << 20,
+                    one_time_burst: Some(1 << 30),
+                    refill_time: 1000
+                }),
+                ops: Some(TokenBucketConfig {
+                    size: 100,
+                    one_time_burst: None,
+                    refill_time: 500
+                }),
+            }
+        );
+        assert!(!parse("path=x").unwrap().block.rate_limiter.is_limited());
+        assert!(!parse("path=x,bw=0/0").unwrap().block.rate_limiter.is_limited());
+        for (spec, why) in [
+            ("path=x,bw=10M", "bw=AMOUNT/MS"),
+            ("path=x,ops-burst=5", "ops-burst without ops"),
+            ("path=x,ops=5/0", "refill_time"),
+            ("path=x,bw=1Q/1", "not a size"),
+        ] {
+            let err = parse(spec).unwrap_err().to_string();
+            assert!(err.contains(why) && err.contains("--disk"), "{spec}: {err}");
+        }
     }
 
     #[test]

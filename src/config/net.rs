@@ -10,11 +10,20 @@ use super::spec::{Key, Spec, SpecError};
 use super::ConfigError;
 use crate::backends::tap::{check_interface_name, InterfaceNameError};
 use crate::devices::virtio::net::{ConfigSpaceError, MacAddr};
+use crate::rate_limiter::{RateKeys, RateLimitConfigError, RateLimiterConfig};
 
 const KEYS: &[Key] = &[
     Key::value("tap", "NAME").required(),
     Key::value("mac", "XX:XX:XX:XX:XX:XX"),
     Key::value("id", "ID"),
+    Key::value("rx-bw", "SIZE/MS"),
+    Key::value("rx-bw-burst", "SIZE"),
+    Key::value("rx-ops", "N/MS"),
+    Key::value("rx-ops-burst", "N"),
+    Key::value("tx-bw", "SIZE/MS"),
+    Key::value("tx-bw-burst", "SIZE"),
+    Key::value("tx-ops", "N/MS"),
+    Key::value("tx-ops-burst", "N"),
 ];
 
 /// First byte of every default MAC: locally administered (bit 1) and
@@ -33,6 +42,8 @@ pub enum NetError {
     Mac(#[from] ConfigSpaceError),
     #[error("MAC address 00:00:00:00:00:00 cannot name a card; give another, or leave mac= out")]
     ZeroMac,
+    #[error(transparent)]
+    RateLimit(#[from] RateLimitConfigError),
 }
 
 /// One network card. Plain data: the command line and the API both build
@@ -44,15 +55,21 @@ pub struct NetConfig {
     /// The guest's address; [`default_mac`] of the tap when `None`.
     pub mac: Option<MacAddr>,
     pub id: Option<String>,
+    /// Limits on what the guest receives.
+    pub rx_rate_limiter: RateLimiterConfig,
+    /// Limits on what the guest sends.
+    pub tx_rate_limiter: RateLimiterConfig,
 }
 
 impl NetConfig {
-    /// A card on `tap` with the default MAC and no id.
+    /// A card on `tap` with the default MAC, no id and no rate limits.
     pub fn new(tap: impl Into<String>) -> Self {
         Self {
             tap: tap.into(),
             mac: None,
             id: None,
+            rx_rate_limiter: RateLimiterConfig::default(),
+            tx_rate_limiter: RateLimiterConfig::default(),
         }
     }
 
@@ -68,6 +85,8 @@ impl NetConfig {
         if let Some(id) = &self.id {
             validate_id(id)?;
         }
+        self.rx_rate_limiter.validate()?;
+        self.tx_rate_limiter.validate()?;
         Ok(())
     }
 
@@ -122,9 +141,17 @@ fn parse_spec(text: &str) -> Result<NetConfig, NetError> {
         tap: spec.value("tap").unwrap_or_default().to_string(),
         mac: spec.value("mac").map(str::parse).transpose()?,
         id: spec.value("id").map(str::to_string),
+        rx_rate_limiter: rate_limiter(&spec, &RateKeys::RX)?,
+        tx_rate_limiter: rate_limiter(&spec, &RateKeys::TX)?,
     };
     net.validate()?;
     Ok(net)
+}
+
+/// One direction's rate limits from its four keys.
+fn rate_limiter(spec: &Spec<'_>, keys: &RateKeys) -> Result<RateLimiterConfig, RateLimitConfigError> {
+    let values = [keys.bw, keys.bw_burst, keys.ops, keys.ops_burst].map(|key| spec.value(key));
+    RateLimiterConfig::from_keys(keys, values)
 }
 
 impl std::str::FromStr for NetConfig {
@@ -144,6 +171,45 @@ mod tests {
     }
 
     #[test]
+    fn each_direction_has_its_own_rate_limit_keys() {
+        use crate::rate_limiter::TokenBucketConfig;
+        let net =
+            parse("tap=t0,rx-bw=1M/100,rx-ops-burst=10,rx-ops=50/1000,tx-bw=2K/10,tx-bw-burst=4K").unwrap();
+        let bucket = |size, one_time_burst, refill_time| {
+            Some(TokenBucketConfig {
+                size,
+                one_time_burst,
+                refill_time,
+            })
+        };
+        assert_eq!(
+            net.rx_rate_limiter,
+            RateLimiterConfig {
+                bandwidth: bucket(1 << 20, None, 100),
+                ops: bucket(50, Some(10), 1000),
+            }
+        );
+        assert_eq!(
+            net.tx_rate_limiter,
+            RateLimiterConfig {
+                bandwidth: bucket(2048, Some(4096), 10),
+                ops: None,
+            }
+        );
+        for (spec, why) in [
+            ("tap=t0,bw=1M/1", "unknown option \"bw\""),
+            ("tap=t0,tx-ops=1", "tx-ops=AMOUNT/MS"),
+            ("tap=t0,rx-bw-burst=1", "rx-bw-burst without rx-bw"),
+        ] {
+            let err = parse(spec).unwrap_err().to_string();
+            assert!(err.contains(why), "{spec}: {err}");
+        }
+        let mut api = NetConfig::new("t0");
+        api.tx_rate_limiter.ops = bucket(1, None, 0);
+        assert!(matches!(api.validate(), Err(NetError::RateLimit(_))));
+    }
+
+    #[test]
     fn net_specs_parse() {
         assert_eq!(parse("tap=tap0").unwrap(), NetConfig::new("tap0"));
         assert_eq!(
@@ -152,6 +218,7 @@ mod tests {
                 tap: "kiln-tap_1".into(),
                 mac: Some(mac("02:00:00:00:00:01")),
                 id: Some("net0".into()),
+                ..NetConfig::new("kiln-tap_1")
             }
         );
         let upper = parse("tap=t,mac=52:54:00:AB:cd:EF").unwrap();

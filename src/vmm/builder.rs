@@ -15,6 +15,7 @@ use linux_loader::loader::load_cmdline;
 use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use super::handles::DeviceHandles;
 use super::ConsoleInput;
 use crate::arch::x86_64::boot::{self, BootError, BootInfo};
 use crate::arch::x86_64::{acpi, cpuid, layout, mptable, regs};
@@ -117,6 +118,8 @@ pub struct BuiltVm {
     /// Live counters of the devices that keep them: network cards in
     /// `--net` order, then the vsock device.
     pub counters: Vec<DeviceCounters>,
+    /// Disks and network cards by id, for changes while the VM runs.
+    pub devices: DeviceHandles,
 }
 
 /// A device's counters, readable while the VM runs.
@@ -208,9 +211,13 @@ fn attach_virtio_devices(
     config: &VmConfig,
     devices: &mut MmioDevices,
     counters: &mut Vec<DeviceCounters>,
+    handles: &mut DeviceHandles,
 ) -> Result<(), BuildError> {
     for disk in &config.disks {
-        devices.attach(BlockDevice::new(disk.block.clone())?)?;
+        let (_, transport) = devices.attach_shared(BlockDevice::new(disk.block.clone())?)?;
+        if let Some(id) = &disk.block.id {
+            handles.add_drive(id.clone(), transport);
+        }
     }
     for net in &config.nets {
         let card = NetDevice::open(net)?;
@@ -218,7 +225,10 @@ fn attach_virtio_devices(
             tap: net.tap.clone(),
             counters: card.counters(),
         });
-        devices.attach(card)?;
+        let (_, transport) = devices.attach_shared(card)?;
+        if let Some(id) = &net.id {
+            handles.add_net(id.clone(), transport);
+        }
     }
     if let Some(vsock) = &config.vsock {
         let device = VsockDevice::new(vsock)?;
@@ -380,7 +390,8 @@ pub fn build(
     let (pio_bus, console) = legacy_devices(&vm, output, input, exit, event_loop)?;
     let mut virtio = MmioDevices::new(&vm, &memory, event_loop);
     let mut counters = Vec::new();
-    attach_virtio_devices(config, &mut virtio, &mut counters)?;
+    let mut handles = DeviceHandles::default();
+    attach_virtio_devices(config, &mut virtio, &mut counters, &mut handles)?;
     let (mut mmio_bus, slots) = virtio.finish();
     // Always there (a page of address space, no state worth mentioning):
     // a guest cannot know whether anyone is timing its boot.
@@ -446,5 +457,6 @@ pub fn build(
         memory,
         console,
         counters,
+        devices: handles,
     })
 }

@@ -3,6 +3,7 @@
 
 mod boot_report;
 mod builder;
+mod handles;
 mod signals;
 mod teardown;
 
@@ -24,6 +25,7 @@ use crate::vstate::vcpu::{self, StartGate, VcpuHandle};
 
 pub use boot_report::{BootHooks, UserSpaceReport};
 pub use builder::{BuildError, DeviceCounters};
+pub use handles::{BlockHandle, DeviceHandles, DeviceUpdateError, NetHandle};
 use signals::ExitWatcher;
 
 #[derive(Debug, thiserror::Error)]
@@ -200,8 +202,10 @@ pub fn run_vm_with(config: &VmConfig, io: ConsoleIo, hooks: BootHooks) -> Result
             Err(e) => log::debug!("guest memory residency unknown: {e}"),
         }
     }
-    // The event loop (and the devices it holds) go before guest memory.
+    // The event loop (and the devices it holds) go before guest memory,
+    // and so do the handles that reach the devices by id.
     drop(event_loop);
+    drop(vm.devices);
     for device in &vm.counters {
         log::info!("{device}");
     }

@@ -237,8 +237,10 @@ impl<D: VirtioDevice> MmioTransport<D> {
         &self.device
     }
 
-    #[cfg(test)]
-    pub(crate) fn device_mut(&mut self) -> &mut D {
+    /// The device, for a change the VMM makes while the driver runs it (a
+    /// new medium, new rate limits); the transport's lock keeps it apart
+    /// from queue and host-event processing.
+    pub fn device_mut(&mut self) -> &mut D {
         &mut self.device
     }
 
@@ -538,8 +540,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
             reg::STATUS => self.device_status,
             // No shared memory regions: length and base read as all ones.
             reg::SHM_LEN_LOW | reg::SHM_LEN_HIGH | reg::SHM_BASE_LOW | reg::SHM_BASE_HIGH => u32::MAX,
-            // The config space never changes under the driver.
-            reg::CONFIG_GENERATION => 0,
+            reg::CONFIG_GENERATION => self.device.config_generation(),
             _ => {
                 debug_guest!("virtio-mmio: read of write-only or unknown register {offset:#x}");
                 0

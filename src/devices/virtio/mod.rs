@@ -86,6 +86,12 @@ pub trait VirtioDevice: Send {
     fn read_config(&self, offset: u64, data: &mut [u8]);
     /// Writes device config space; read-only fields ignore writes.
     fn write_config(&mut self, offset: u64, data: &[u8]);
+    /// Changes whenever the config space changes under the driver (a new
+    /// disk size), so a driver can tell a torn read (§4.2.2
+    /// `ConfigGeneration`). The device raises `INTERRUPT_CONFIG` too.
+    fn config_generation(&self) -> u32 {
+        0
+    }
     /// Called when the driver sets DRIVER_OK with a consistent setup, on
     /// the vCPU thread that wrote it: must not block. The device may add
     /// its host fds to `ctx.host_events` here or later. If it fails,
@@ -228,13 +234,18 @@ pub enum VirtioError {
     Activation(String),
 }
 
+/// A device behind its transport, shared by the MMIO bus, the event loop
+/// and the VMM.
+pub type SharedTransport<D> = Arc<Mutex<MmioTransport<D>>>;
+
 /// Creates the transport around `device`, registers one ioeventfd per queue
 /// (`QueueNotify` with datamatch = queue index) and the irqfd for
 /// `slot.gsi` with KVM, inserts the transport into `mmio_bus` at the slot,
 /// and adds its queue-event subscriber to `event_loop`.
 ///
 /// `mem` is cloned (its regions are shared, not copied). Needs an in-kernel
-/// irqchip for the irqfd.
+/// irqchip for the irqfd. Returns the transport, through which the VMM may
+/// change the device while it runs.
 pub fn attach_mmio_device<D: VirtioDevice + 'static>(
     vm: &VmFd,
     mem: &GuestMemoryMmap,
@@ -242,7 +253,7 @@ pub fn attach_mmio_device<D: VirtioDevice + 'static>(
     event_loop: &mut EventLoop,
     slot: MmioSlot,
     device: D,
-) -> Result<(), VirtioError> {
+) -> Result<SharedTransport<D>, VirtioError> {
     if slot.len < mmio::CONFIG_SPACE_OFFSET {
         return Err(VirtioError::WindowTooSmall {
             base: slot.base,
@@ -296,7 +307,7 @@ pub fn attach_mmio_device<D: VirtioDevice + 'static>(
         });
     }
     event_manager::SubscriberOps::add_subscriber(event_loop, Arc::new(Mutex::new(handler)));
-    Ok(())
+    Ok(transport)
 }
 
 /// Copies the part of `config` at `offset` into `data`; the rest reads as 0.
@@ -374,7 +385,11 @@ mod tests {
 
         // The same slot again: KVM already has that notifier.
         let err = attach_mmio_device(&vm, &mem, &mut bus, &mut event_loop, slot, disk());
-        assert!(matches!(err, Err(VirtioError::Ioeventfd { .. })), "{err:?}");
+        assert!(
+            matches!(err, Err(VirtioError::Ioeventfd { .. })),
+            "{:?}",
+            err.err()
+        );
 
         // An overlapping window with a free GSI: the bus refuses it and the
         // KVM registrations are undone, so the slot can be used afterwards.
@@ -385,7 +400,7 @@ mod tests {
             ..slot
         };
         let err = attach_mmio_device(&vm, &mem, &mut bus, &mut event_loop, clash, disk());
-        assert!(matches!(err, Err(VirtioError::Bus { .. })), "{err:?}");
+        assert!(matches!(err, Err(VirtioError::Bus { .. })), "{:?}", err.err());
         let next = MmioSlot::from_layout(1).unwrap();
         attach_mmio_device(&vm, &mem, &mut bus, &mut event_loop, next, disk()).unwrap();
 

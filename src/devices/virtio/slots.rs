@@ -5,7 +5,7 @@
 
 use kvm_ioctls::VmFd;
 
-use super::{attach_mmio_device, VirtioDevice, VirtioError};
+use super::{attach_mmio_device, SharedTransport, VirtioDevice, VirtioError};
 use crate::arch::x86_64::{acpi, layout};
 use crate::devices::bus::Bus;
 use crate::devices::EventLoop;
@@ -105,9 +105,18 @@ impl<'a> MmioDevices<'a> {
 
     /// Puts `device` in the next slot.
     pub fn attach<D: VirtioDevice + 'static>(&mut self, device: D) -> Result<MmioSlot, VirtioError> {
+        self.attach_shared(device).map(|(slot, _)| slot)
+    }
+
+    /// Puts `device` in the next slot; also returns its transport, for
+    /// changes while the VM runs.
+    pub fn attach_shared<D: VirtioDevice + 'static>(
+        &mut self,
+        device: D,
+    ) -> Result<(MmioSlot, SharedTransport<D>), VirtioError> {
         let slot = self.slots.allocate()?;
-        attach_mmio_device(self.vm, self.mem, &mut self.bus, self.event_loop, slot, device)?;
-        Ok(slot)
+        let transport = attach_mmio_device(self.vm, self.mem, &mut self.bus, self.event_loop, slot, device)?;
+        Ok((slot, transport))
     }
 
     /// The MMIO bus with every device on it, and the slots they use.

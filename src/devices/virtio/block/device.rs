@@ -2,9 +2,11 @@
 //! execution against a [`FileBackend`].
 
 use std::io;
-use std::path::PathBuf;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use event_manager::EventSet;
 use virtio_queue::Queue;
 use vm_memory::{Bytes, GuestAddress};
 
@@ -14,13 +16,19 @@ use super::features::{
 };
 use super::request::{self, Limits, Operation, Parsed};
 use super::request_status::{IOERR, OK};
-use super::{BlockConfig, BLOCK_DEVICE_ID, ID_BYTES, SECTOR_SIZE};
+use super::{BlockConfig, CacheMode, BLOCK_DEVICE_ID, ID_BYTES, SECTOR_SIZE};
 use crate::backends::{FileBackend, FileBackendError};
 use crate::devices::virtio::features::{VIRTIO_F_INDIRECT_DESC, VIRTIO_F_RING_EVENT_IDX, VIRTIO_F_VERSION_1};
-use crate::devices::virtio::queue::{drain_queue, Chain, PassEnd, QueueError, QueueRules, Served};
+use crate::devices::virtio::queue::{
+    drain_queue_or_wait, Chain, PassEnd, QueueError, QueueRules, Served, Take,
+};
 use crate::devices::virtio::ranges::{guest_slices, total_len, write_ranges};
 use crate::devices::virtio::{
-    read_config_bytes, Activation, Interrupt, VirtioDevice, VirtioError, INTERRUPT_VRING,
+    read_config_bytes, Activation, HostEvents, Interrupt, VirtioDevice, VirtioError, INTERRUPT_CONFIG,
+    INTERRUPT_VRING,
+};
+use crate::rate_limiter::{
+    RateLimitConfigError, RateLimiter, RateLimiterConfig, RateLimiterError, TokenKind,
 };
 use crate::vstate::memory::GuestMemoryMmap;
 
@@ -49,6 +57,8 @@ pub const DISCARD_SECTOR_ALIGNMENT: u32 = 8;
 /// `virtio_blk_config` up to and including `write_zeroes_may_unmap` and its
 /// padding; later fields belong to features we do not offer and read as 0.
 const CONFIG_LEN: usize = 60;
+/// The host-event token of the rate limiter's timer.
+pub const RATE_LIMITER_TIMER: u64 = 1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BlockError {
@@ -59,21 +69,35 @@ pub enum BlockError {
         path.display()
     )]
     InvalidId { id: String, path: PathBuf },
+    #[error("disk {}: {source}", path.display())]
+    RateLimiter { path: PathBuf, source: RateLimiterError },
 }
 
 struct Active {
     mem: GuestMemoryMmap,
     interrupt: Arc<dyn Interrupt>,
     rules: QueueRules,
+    host_events: Arc<HostEvents>,
+}
+
+/// How the image was opened, to open another the same way.
+#[derive(Clone, Copy, Debug)]
+struct OpenMode {
+    cache: CacheMode,
+    shared: bool,
 }
 
 /// A virtio-blk device with one request queue.
 pub struct BlockDevice {
     backend: FileBackend,
+    open_mode: OpenMode,
     id: [u8; ID_BYTES],
     features: u64,
     config: [u8; CONFIG_LEN],
+    /// Bumped whenever the config space changes under the driver.
+    config_generation: u32,
     limits: Limits,
+    limiter: RateLimiter,
     active: Option<Active>,
 }
 
@@ -88,10 +112,19 @@ impl BlockDevice {
             })?,
             None => default_id(backend.identity()),
         };
-        Ok(Self::with_backend(backend, id))
+        let limiter = RateLimiter::new(&config.rate_limiter).map_err(|source| BlockError::RateLimiter {
+            path: config.path.clone(),
+            source,
+        })?;
+        let mut device = Self::with_backend(backend, id, limiter);
+        device.open_mode = OpenMode {
+            cache: config.cache,
+            shared: config.shared,
+        };
+        Ok(device)
     }
 
-    pub(super) fn with_backend(backend: FileBackend, id: [u8; ID_BYTES]) -> Self {
+    pub(super) fn with_backend(backend: FileBackend, id: [u8; ID_BYTES], limiter: RateLimiter) -> Self {
         let read_only = backend.is_read_only();
         let mut features = [
             VIRTIO_F_VERSION_1,
@@ -124,16 +157,23 @@ impl BlockDevice {
         Self {
             config: config_space(backend.size() / SECTOR_SIZE),
             backend,
+            open_mode: OpenMode {
+                cache: CacheMode::default(),
+                shared: false,
+            },
             id,
             features,
+            config_generation: 0,
             limits,
+            limiter,
             active: None,
         }
     }
 
-    /// Disk size in 512-byte sectors, fixed when the image is opened. If
-    /// another process shrinks a shared image, the guest is not told (there
-    /// is no resize): its requests past the new end get IOERR.
+    /// Disk size in 512-byte sectors, fixed when the image is opened (or
+    /// swapped, see [`BlockDevice::swap_backing_file`]). If another
+    /// process shrinks a shared image, the guest is not told: its requests
+    /// past the new end get IOERR.
     pub fn capacity_sectors(&self) -> u64 {
         self.limits.capacity / SECTOR_SIZE
     }
@@ -145,6 +185,90 @@ impl BlockDevice {
 
     pub fn is_read_only(&self) -> bool {
         self.limits.read_only
+    }
+
+    pub fn path(&self) -> &Path {
+        self.backend.path()
+    }
+
+    /// The limits in force.
+    pub fn rate_limiter(&self) -> &RateLimiterConfig {
+        self.limiter.config()
+    }
+
+    /// Times a request had to wait for its rate limit.
+    pub fn throttle_count(&self) -> u64 {
+        self.limiter.throttle_count()
+    }
+
+    /// Changes the rate limits while the VM runs (Firecracker's PATCH
+    /// rules: a bucket given replaces, one absent stays, size 0 removes).
+    pub fn update_rate_limiter(&mut self, patch: &RateLimiterConfig) -> Result<(), RateLimitConfigError> {
+        self.limiter.update(patch)
+    }
+
+    /// Puts another image behind the disk while the VM runs (a new medium),
+    /// opened with the drive's mode (read-only or not, cache, sharing).
+    /// The capacity in the config space follows the new image, and a
+    /// running driver gets a configuration-change interrupt so it sees the
+    /// new size. On error the old image stays.
+    pub fn swap_backing_file(&mut self, path: &Path) -> Result<(), BlockError> {
+        let read_only = self.limits.read_only;
+        let mut backend = FileBackend::open(path, read_only, self.open_mode.cache, self.open_mode.shared)?;
+        backend.set_write_through(self.backend.is_write_through());
+        // Writes that completed to the guest are on the old image already;
+        // a write-back cache still wants them on disk before it goes.
+        if !read_only {
+            if let Err(e) = self.backend.flush() {
+                log::warn!(
+                    "virtio-blk: flushing {} before the swap: {e}",
+                    self.backend.path().display()
+                );
+            }
+        }
+        self.backend = backend;
+        self.limits.capacity = self.backend.size();
+        self.config[..8].copy_from_slice(&(self.backend.size() / SECTOR_SIZE).to_le_bytes());
+        self.config_generation = self.config_generation.wrapping_add(1);
+        if let Some(active) = &self.active {
+            if let Err(e) = active.interrupt.trigger(INTERRUPT_CONFIG) {
+                error_guest!("virtio-blk: cannot tell the guest of the new medium: {e}");
+            }
+        }
+        Ok(())
+    }
+
+    /// The same limits on `clock`: tests move time by hand.
+    #[cfg(test)]
+    pub(crate) fn set_rate_limiter_clock(&mut self, clock: crate::rate_limiter::Clock) {
+        self.limiter = RateLimiter::with_clock(self.limiter.config(), clock).unwrap();
+    }
+
+    /// One pass over the request queue.
+    fn serve_queue(&mut self, queues: &mut [Queue]) -> Result<PassEnd, QueueError> {
+        let Self {
+            backend,
+            id,
+            limits,
+            limiter,
+            active,
+            ..
+        } = self;
+        let (Some(active), Some(queue)) = (active.as_ref(), queues.get_mut(0)) else {
+            return Ok(PassEnd::Drained);
+        };
+        let mem = &active.mem;
+        let result = drain_queue_or_wait(queue, mem, &active.rules, |chain| {
+            handle_chain(backend, id, limits, limiter, mem, chain)
+        })?;
+        if result.pass.notify {
+            if let Err(e) = active.interrupt.trigger(INTERRUPT_VRING) {
+                error_guest!("virtio-blk: cannot signal the guest: {e}");
+            }
+        }
+        // Throttled (`waiting`): the requests stay in the ring and the
+        // limiter's timer brings the device back.
+        Ok(result.pass.end)
     }
 }
 
@@ -173,7 +297,15 @@ impl VirtioDevice for BlockDevice {
         );
     }
 
+    fn config_generation(&self) -> u32 {
+        self.config_generation
+    }
+
     fn activate(&mut self, ctx: Activation) -> Result<(), VirtioError> {
+        // Never readable unless throttled: watching it costs nothing.
+        ctx.host_events
+            .add(self.limiter.as_raw_fd(), RATE_LIMITER_TIMER, EventSet::IN)
+            .map_err(|e| VirtioError::Activation(format!("cannot watch the disk's rate-limit timer: {e}")))?;
         // A driver without the flush command assumes there is no volatile
         // write cache (Linux: virtblk_get_cache_mode), so each write must be
         // durable when it completes.
@@ -183,35 +315,43 @@ impl VirtioDevice for BlockDevice {
             mem: ctx.mem,
             interrupt: ctx.interrupt,
             rules: ctx.rules,
+            host_events: ctx.host_events,
         });
         Ok(())
     }
 
     fn process_queue(&mut self, index: usize, queues: &mut [Queue]) -> Result<PassEnd, QueueError> {
-        let Self {
-            backend,
-            id,
-            limits,
-            active,
-            ..
-        } = self;
-        let (Some(active), Some(queue)) = (active.as_ref(), queues.get_mut(index)) else {
+        if index != 0 {
             return Ok(PassEnd::Drained);
-        };
-        let mem = &active.mem;
-        let pass = drain_queue(queue, mem, &active.rules, |chain| {
-            handle_chain(backend, id, limits, mem, chain)
-        })?;
-        if pass.notify {
-            if let Err(e) = active.interrupt.trigger(INTERRUPT_VRING) {
-                error_guest!("virtio-blk: cannot signal the guest: {e}");
-            }
         }
-        Ok(pass.end)
+        self.serve_queue(queues)
+    }
+
+    fn process_host_event(
+        &mut self,
+        token: u64,
+        _ready: EventSet,
+        queues: &mut [Queue],
+    ) -> Result<PassEnd, QueueError> {
+        if token != RATE_LIMITER_TIMER || self.active.is_none() {
+            return Ok(PassEnd::Drained);
+        }
+        self.limiter.on_timer();
+        let end = self.serve_queue(queues)?;
+        if end == PassEnd::Yielded {
+            // The timer is no longer ready and the driver does not notify
+            // while notifications are off: come back after the others.
+            self.limiter.wake_soon();
+        }
+        Ok(PassEnd::Drained)
     }
 
     fn reset(&mut self) {
-        self.active = None;
+        if let Some(active) = self.active.take() {
+            if let Err(e) = active.host_events.remove(self.limiter.as_raw_fd()) {
+                log::error!("virtio-blk: cannot stop watching the rate-limit timer: {e}");
+            }
+        }
         self.backend.set_write_through(false);
     }
 }
@@ -223,35 +363,55 @@ fn handle_chain(
     backend: &mut FileBackend,
     id: &[u8; ID_BYTES],
     limits: &Limits,
+    limiter: &mut RateLimiter,
     mem: &GuestMemoryMmap,
     chain: Chain<'_>,
-) -> Served {
+) -> Take {
     match request::parse(chain, mem, limits) {
+        Parsed::Valid { op, status } => {
+            let bytes = op.io_bytes();
+            if !limiter.consume(1, TokenKind::Ops) {
+                return Take::Wait;
+            }
+            if !limiter.consume(bytes, TokenKind::Bytes) {
+                limiter.undo(1, TokenKind::Ops);
+                return Take::Wait;
+            }
+            Take::Done(execute_request(op, status, backend, id, mem))
+        }
         Parsed::Unanswerable(error) => {
             warn_guest!("virtio-blk: returning a request unanswered: {error}");
-            Served::default()
+            Take::Done(Served::default())
         }
         Parsed::Invalid { error, status } => {
             warn_guest!("virtio-blk: rejecting a request: {error}");
-            Served {
+            Take::Done(Served {
                 used_len: complete(mem, status, error.status(), 0),
                 bytes: 0,
-            }
+            })
         }
-        Parsed::Valid { op, status } => {
-            let bytes = op.io_bytes();
-            let (code, written) = match execute(op, backend, id, mem) {
-                Ok(written) => (OK, written),
-                Err(e) => {
-                    warn_guest!("virtio-blk: I/O on {} failed: {e}", backend.path().display());
-                    (IOERR, 0)
-                }
-            };
-            Served {
-                used_len: complete(mem, status, code, written),
-                bytes,
-            }
+    }
+}
+
+/// Executes a valid request and writes its status.
+fn execute_request(
+    op: Operation,
+    status: GuestAddress,
+    backend: &mut FileBackend,
+    id: &[u8; ID_BYTES],
+    mem: &GuestMemoryMmap,
+) -> Served {
+    let bytes = op.io_bytes();
+    let (code, written) = match execute(op, backend, id, mem) {
+        Ok(written) => (OK, written),
+        Err(e) => {
+            warn_guest!("virtio-blk: I/O on {} failed: {e}", backend.path().display());
+            (IOERR, 0)
         }
+    };
+    Served {
+        used_len: complete(mem, status, code, written),
+        bytes,
     }
 }
 

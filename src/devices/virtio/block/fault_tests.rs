@@ -30,7 +30,11 @@ fn faulty_harness(image: TempFile, cache: CacheMode, shared: bool, acked: u64) -
     let backend = FileBackend::open(image.as_path(), false, cache, shared)
         .unwrap()
         .with_io(faults.boxed());
-    let dev = BlockDevice::with_backend(backend, *b"kiln-fault-test\0\0\0\0\0");
+    let dev = BlockDevice::with_backend(
+        backend,
+        *b"kiln-fault-test\0\0\0\0\0",
+        crate::rate_limiter::RateLimiter::new(&Default::default()).unwrap(),
+    );
     let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)]).unwrap();
     (Harness::activated(dev, image, mem, acked), faults)
 }

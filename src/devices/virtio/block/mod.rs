@@ -5,8 +5,10 @@ pub mod request;
 
 use std::path::PathBuf;
 
+use crate::rate_limiter::RateLimiterConfig;
+
 pub use crate::backends::CacheMode;
-pub use device::{BlockDevice, BlockError};
+pub use device::{BlockDevice, BlockError, RATE_LIMITER_TIMER};
 
 /// virtio device ID of a block device.
 pub const BLOCK_DEVICE_ID: u32 = 2;
@@ -54,6 +56,8 @@ pub struct BlockConfig {
     pub cache: CacheMode,
     /// Let other processes use the image at the same time (no exclusive lock).
     pub shared: bool,
+    /// Limits on bytes and requests per second (none by default).
+    pub rate_limiter: RateLimiterConfig,
 }
 
 impl BlockConfig {
@@ -74,3 +78,6 @@ mod hostile_tests;
 
 #[cfg(test)]
 mod fault_tests;
+
+#[cfg(test)]
+mod rate_limit_tests;

@@ -103,6 +103,8 @@ pub struct NetCounters {
     tx_packets: AtomicU64,
     tx_bytes: AtomicU64,
     drops: [AtomicU64; DropReason::COUNT],
+    rx_throttled: AtomicU64,
+    tx_throttled: AtomicU64,
 }
 
 impl NetCounters {
@@ -122,6 +124,16 @@ impl NetCounters {
         self.tx_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
     }
 
+    /// A rate limit stopped receiving (`rx`) or transmitting for a while.
+    pub fn record_throttle(&self, rx: bool) {
+        let counter = if rx {
+            &self.rx_throttled
+        } else {
+            &self.tx_throttled
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn record_drop(&self, reason: DropReason) {
         self.drops[reason.index()].fetch_add(1, Ordering::Relaxed);
     }
@@ -134,6 +146,8 @@ impl NetCounters {
             tx_packets: load(&self.tx_packets),
             tx_bytes: load(&self.tx_bytes),
             drops: self.drops.each_ref().map(load),
+            rx_throttled: load(&self.rx_throttled),
+            tx_throttled: load(&self.tx_throttled),
         }
     }
 }
@@ -146,6 +160,9 @@ pub struct NetCountersSnapshot {
     pub tx_packets: u64,
     pub tx_bytes: u64,
     drops: [u64; DropReason::COUNT],
+    /// Times a rate limit stopped receiving / transmitting.
+    pub rx_throttled: u64,
+    pub tx_throttled: u64,
 }
 
 impl NetCountersSnapshot {
@@ -194,6 +211,13 @@ impl std::fmt::Display for NetCountersSnapshot {
         }
         if !any {
             write!(f, " none")?;
+        }
+        if self.rx_throttled > 0 || self.tx_throttled > 0 {
+            write!(
+                f,
+                ", throttled: rx {} tx {}",
+                self.rx_throttled, self.tx_throttled
+            )?;
         }
         Ok(())
     }
@@ -261,6 +285,12 @@ mod tests {
         assert_eq!(
             counters.snapshot().to_string(),
             "rx 1 packets 60 bytes, tx 1 packets 1514 bytes, drops: tx_bad_header=1 rx_no_buffer=2"
+        );
+        counters.record_throttle(false);
+        assert_eq!(
+            counters.snapshot().to_string(),
+            "rx 1 packets 60 bytes, tx 1 packets 1514 bytes, drops: tx_bad_header=1 rx_no_buffer=2, \
+             throttled: rx 0 tx 1"
         );
     }
 

@@ -8,6 +8,7 @@
 //! receive buffers (which resume watching a paused backend) and frames to
 //! transmit. Every pass is bounded by the queue rules' budget.
 
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
 use event_manager::EventSet;
@@ -30,6 +31,9 @@ use crate::devices::virtio::queue::{
 };
 use crate::devices::virtio::ranges::{guest_slices, total_len, walk_ranges};
 use crate::devices::virtio::{Activation, HostEvents, Interrupt, VirtioDevice, VirtioError, INTERRUPT_VRING};
+use crate::rate_limiter::{
+    RateLimitConfigError, RateLimiter, RateLimiterConfig, RateLimiterError, TokenKind,
+};
 use crate::vstate::memory::GuestMemoryMmap;
 
 /// The receive queue's index.
@@ -40,6 +44,10 @@ pub const TX_QUEUE: usize = 1;
 pub const QUEUE_SIZE: u16 = 256;
 /// The host-event token of the backend's fd.
 pub const PROCESS_BACKEND: u64 = 1;
+/// The host-event token of the receive rate limiter's timer.
+pub const RX_RATE_LIMITER_TIMER: u64 = 2;
+/// The host-event token of the transmit rate limiter's timer.
+pub const TX_RATE_LIMITER_TIMER: u64 = 3;
 /// The MTU a card reports when its tap's cannot be read.
 pub const DEFAULT_MTU: u16 = 1500;
 
@@ -49,6 +57,8 @@ pub enum NetDeviceError {
     Backend(#[from] NetBackendError),
     #[error("network card on {tap}: {source}")]
     Config { tap: String, source: ConfigSpaceError },
+    #[error("network card on {tap}: {source}")]
+    RateLimiter { tap: String, source: RateLimiterError },
 }
 
 /// What the device has while the driver runs it.
@@ -62,6 +72,9 @@ struct Active {
     /// The guest has no receive buffers: the backend is not watched for
     /// readable until the driver notifies the receive queue.
     rx_waiting_for_buffers: bool,
+    /// The receive rate limit is spent: the backend is not watched for
+    /// readable until the limiter's timer fires.
+    rx_throttled: bool,
     /// Transmitting goes on when the backend is writable: it was full, or
     /// a pass started there yielded.
     tx_on_writable: bool,
@@ -73,7 +86,7 @@ struct Active {
 impl Active {
     fn wanted_interest(&self) -> EventSet {
         let mut interest = EventSet::empty();
-        if !self.rx_waiting_for_buffers {
+        if !self.rx_waiting_for_buffers && !self.rx_throttled {
             interest |= EventSet::IN;
         }
         if self.tx_on_writable {
@@ -114,6 +127,8 @@ pub struct NetDevice<B: NetBackend> {
     features: u64,
     config: NetConfigSpace,
     counters: Arc<NetCounters>,
+    rx_limiter: RateLimiter,
+    tx_limiter: RateLimiter,
     active: Option<Active>,
 }
 
@@ -123,7 +138,16 @@ impl NetDevice<TapBackend> {
     pub fn open(config: &NetConfig) -> Result<Self, NetDeviceError> {
         let backend = TapBackend::open(&config.tap)?;
         let mtu = backend.mtu().unwrap_or(DEFAULT_MTU);
-        Self::new(backend, config.mac_or_default(), mtu)
+        let mut card = Self::new(backend, config.mac_or_default(), mtu)?;
+        let limiter = |limits: &RateLimiterConfig| {
+            RateLimiter::new(limits).map_err(|source| NetDeviceError::RateLimiter {
+                tap: config.tap.clone(),
+                source,
+            })
+        };
+        card.rx_limiter = limiter(&config.rx_rate_limiter)?;
+        card.tx_limiter = limiter(&config.tx_rate_limiter)?;
+        Ok(card)
     }
 }
 
@@ -153,13 +177,46 @@ impl<B: NetBackend> NetDevice<B> {
             guest_offload_features(backend.supported_offloads()),
             features::with,
         );
+        let limiter = || {
+            RateLimiter::new(&RateLimiterConfig::default()).map_err(|source| NetDeviceError::RateLimiter {
+                tap: backend.name().to_string(),
+                source,
+            })
+        };
         Ok(Self {
+            rx_limiter: limiter()?,
+            tx_limiter: limiter()?,
             backend,
             features,
             config,
             counters: Arc::new(NetCounters::new()),
             active: None,
         })
+    }
+
+    /// The receive and transmit limits in force.
+    pub fn rate_limiters(&self) -> (&RateLimiterConfig, &RateLimiterConfig) {
+        (self.rx_limiter.config(), self.tx_limiter.config())
+    }
+
+    /// Changes the rate limits while the VM runs, with Firecracker's PATCH
+    /// rules for each (`None`: that direction stays as it is). Both are
+    /// checked before either changes.
+    pub fn update_rate_limiters(
+        &mut self,
+        rx: Option<&RateLimiterConfig>,
+        tx: Option<&RateLimiterConfig>,
+    ) -> Result<(), RateLimitConfigError> {
+        for patch in [rx, tx].into_iter().flatten() {
+            patch.validate()?;
+        }
+        if let Some(patch) = rx {
+            self.rx_limiter.update(patch)?;
+        }
+        if let Some(patch) = tx {
+            self.tx_limiter.update(patch)?;
+        }
+        Ok(())
     }
 
     /// The card's counters, live: readable from any thread.
@@ -215,13 +272,22 @@ impl<B: NetBackend> NetDevice<B> {
             &active.rules,
             &mut self.backend,
             &self.counters,
+            &mut self.rx_limiter,
         )?;
         if notify {
             active.signal();
         }
-        if end == RxEnd::NeedBuffers {
-            active.rx_waiting_for_buffers = true;
-            active.update_interest(fd);
+        match end {
+            RxEnd::NeedBuffers => {
+                active.rx_waiting_for_buffers = true;
+                active.update_interest(fd);
+            }
+            RxEnd::Throttled if !active.rx_throttled => {
+                self.counters.record_throttle(true);
+                active.rx_throttled = true;
+                active.update_interest(fd);
+            }
+            _ => {}
         }
         Ok(if end == RxEnd::Yielded {
             PassEnd::Yielded
@@ -245,18 +311,25 @@ impl<B: NetBackend> NetDevice<B> {
         };
         let backend = &mut self.backend;
         let counters = &*self.counters;
+        let limiter = &mut self.tx_limiter;
         let mem = &active.mem;
         let tx_rules = active.tx_rules;
+        let throttles = limiter.throttle_count();
         let result = drain_queue_or_wait(queue, mem, &active.rules, |chain| {
-            transmit_chain(backend, counters, &tx_rules, mem, chain)
+            transmit_chain(backend, counters, limiter, &tx_rules, mem, chain)
         })?;
         if result.pass.notify {
             active.signal();
         }
-        active.tx_on_writable = result.waiting || (from_backend && result.pass.end == PassEnd::Yielded);
+        if self.tx_limiter.throttle_count() > throttles {
+            self.counters.record_throttle(false);
+        }
+        // Throttled: the limiter's timer resumes it, not the backend.
+        let throttled = result.waiting && self.tx_limiter.is_blocked();
+        active.tx_on_writable =
+            (result.waiting && !throttled) || (from_backend && result.pass.end == PassEnd::Yielded);
         active.update_interest(fd);
-        Ok(if active.tx_on_writable {
-            // Goes on from the backend's readiness.
+        Ok(if active.tx_on_writable || throttled {
             PassEnd::Drained
         } else {
             result.pass.end
@@ -268,6 +341,7 @@ impl<B: NetBackend> NetDevice<B> {
 fn transmit_chain<B: NetBackend>(
     backend: &mut B,
     counters: &NetCounters,
+    limiter: &mut RateLimiter,
     tx_rules: &TxRules,
     mem: &GuestMemoryMmap,
     chain: Chain<'_>,
@@ -309,6 +383,14 @@ fn transmit_chain<B: NetBackend>(
         Ok(header) => header,
         Err(e) => return dropped(e.drop_reason(), &e),
     };
+    // Charged for what goes out: a frame dropped above costs nothing.
+    if !limiter.consume(1, TokenKind::Ops) {
+        return Take::Wait;
+    }
+    if !limiter.consume(frame_len as u64, TokenKind::Bytes) {
+        limiter.undo(1, TokenKind::Ops);
+        return Take::Wait;
+    }
     let mut header = header.to_bytes();
     let mut bufs = Vec::with_capacity(frame.len() + 1);
     bufs.push(VolatileSlice::from(&mut header[..]));
@@ -321,7 +403,12 @@ fn transmit_chain<B: NetBackend>(
                 bytes: len,
             })
         }
-        Ok(None) => Take::Wait,
+        Ok(None) => {
+            // Not sent: the frame is tried again when the backend has room.
+            limiter.undo(1, TokenKind::Ops);
+            limiter.undo(frame_len as u64, TokenKind::Bytes);
+            Take::Wait
+        }
         Err(e) => {
             counters.record_drop(DropReason::TxBackend);
             warn_guest!("virtio-net: {e}");
@@ -381,6 +468,15 @@ impl<B: NetBackend> VirtioDevice for NetDevice<B> {
         ctx.host_events
             .add(self.backend.as_raw_fd(), PROCESS_BACKEND, EventSet::IN)
             .map_err(|e| VirtioError::Activation(format!("cannot watch {}: {e}", self.backend.name())))?;
+        // Never readable unless throttled: watching them costs nothing.
+        for (limiter, token) in [
+            (&self.rx_limiter, RX_RATE_LIMITER_TIMER),
+            (&self.tx_limiter, TX_RATE_LIMITER_TIMER),
+        ] {
+            ctx.host_events
+                .add(limiter.as_raw_fd(), token, EventSet::IN)
+                .map_err(|e| VirtioError::Activation(format!("cannot watch a rate-limit timer: {e}")))?;
+        }
         self.active = Some(Active {
             mem: ctx.mem,
             interrupt: ctx.interrupt,
@@ -389,6 +485,7 @@ impl<B: NetBackend> VirtioDevice for NetDevice<B> {
             tx_rules: TxRules::new(acked, self.config.mtu),
             rx: Receiver::new(has(acked, features::VIRTIO_NET_F_MRG_RXBUF), max_packet),
             rx_waiting_for_buffers: false,
+            rx_throttled: false,
             tx_on_writable: false,
             interest: Some(EventSet::IN),
         });
@@ -410,8 +507,9 @@ impl<B: NetBackend> VirtioDevice for NetDevice<B> {
                 self.receive(queues).map(|_| PassEnd::Drained)
             }
             TX_QUEUE => {
-                if self.tx_waiting_for_backend() {
-                    // The backend's readiness resumes it.
+                if self.tx_waiting_for_backend() || self.tx_limiter.is_blocked() {
+                    // The backend's readiness, or the limiter's timer,
+                    // resumes it.
                     return Ok(PassEnd::Drained);
                 }
                 self.transmit(queues, false)
@@ -429,8 +527,31 @@ impl<B: NetBackend> VirtioDevice for NetDevice<B> {
         let Some(active) = self.active.as_mut() else {
             return Ok(PassEnd::Drained);
         };
-        if token != PROCESS_BACKEND {
-            return Ok(PassEnd::Drained);
+        match token {
+            PROCESS_BACKEND => {}
+            RX_RATE_LIMITER_TIMER => {
+                self.rx_limiter.on_timer();
+                if active.rx_throttled {
+                    active.rx_throttled = false;
+                    active.update_interest(self.backend.as_raw_fd());
+                }
+                // The backend, readable again, brings the device back.
+                return Ok(PassEnd::Drained);
+            }
+            TX_RATE_LIMITER_TIMER => {
+                self.tx_limiter.on_timer();
+                if active.tx_on_writable {
+                    // Waiting for the backend, not for the limiter.
+                    return Ok(PassEnd::Drained);
+                }
+                if self.transmit(queues, false)? == PassEnd::Yielded {
+                    // The timer is no longer ready, and the driver does not
+                    // notify while a pass is pending: come back soon.
+                    self.tx_limiter.wake_soon();
+                }
+                return Ok(PassEnd::Drained);
+            }
+            _ => return Ok(PassEnd::Drained),
         }
         if ready.intersects(EventSet::HANG_UP | EventSet::ERROR) {
             // Reported once: the backend is gone (a deleted tap) and would
@@ -466,6 +587,11 @@ impl<B: NetBackend> VirtioDevice for NetDevice<B> {
         if let Err(e) = active.host_events.remove(self.backend.as_raw_fd()) {
             log::error!("virtio-net: cannot stop watching {}: {e}", self.backend.name());
         }
+        for limiter in [&self.rx_limiter, &self.tx_limiter] {
+            if let Err(e) = active.host_events.remove(limiter.as_raw_fd()) {
+                log::error!("virtio-net: cannot stop watching a rate-limit timer: {e}");
+            }
+        }
         // Frames for a driver that has gone: no offloads it might not
         // accept next time.
         if let Err(e) = self.backend.set_offloads(Offloads::NONE) {
@@ -481,3 +607,7 @@ mod tests;
 #[cfg(test)]
 #[path = "device_hostile_tests.rs"]
 mod hostile_tests;
+
+#[cfg(test)]
+#[path = "rate_limit_tests.rs"]
+mod rate_limit_tests;

@@ -236,10 +236,15 @@ impl Nic {
         packet.len() as u32
     }
 
+    /// Host fds watched: the backend, and [`RATE_LIMITER_TIMERS`].
     pub(super) fn watched(&self) -> usize {
         self.wired.transport.lock().unwrap().host_events().len()
     }
 }
+
+/// The receive and transmit rate limiters' timers, always watched while
+/// the card runs (never ready unless throttled).
+pub(super) const RATE_LIMITER_TIMERS: usize = 2;
 
 /// The header a receive buffer starts with: zero but for `num_buffers`.
 pub(super) fn rx_header(num_buffers: u16) -> Vec<u8> {
@@ -307,7 +312,7 @@ fn activation_sets_the_header_length_and_the_acked_offloads() {
         }
     );
     assert_eq!(nic.device(|d| d.backend().vnet_hdr_len()), VNET_HDR_LEN);
-    assert_eq!(nic.watched(), 1);
+    assert_eq!(nic.watched(), 1 + RATE_LIMITER_TIMERS);
     nic.wired.reset();
     assert_eq!(nic.device(|d| d.backend().offloads()), Offloads::NONE);
     nic.wired.start(plain(), &[nic.rx, nic.tx]);
@@ -570,7 +575,7 @@ fn reset_stops_watching_the_backend_and_a_new_driver_starts_afresh() {
     nic.host_send(&frame(60, 1));
     nic.settle();
     assert_eq!(nic.rx_used().len(), 1);
-    assert_eq!(nic.watched(), 1);
+    assert_eq!(nic.watched(), 1 + RATE_LIMITER_TIMERS);
 
     nic.wired.reset();
     assert_eq!(nic.watched(), 0);
@@ -583,7 +588,7 @@ fn reset_stops_watching_the_backend_and_a_new_driver_starts_afresh() {
     nic.rx_next_desc = 0;
     nic.rx_seen = 0;
     nic.wired.start(plain(), &[nic.rx, nic.tx]);
-    assert_eq!(nic.watched(), 1);
+    assert_eq!(nic.watched(), 1 + RATE_LIMITER_TIMERS);
     nic.settle();
     assert!(nic.device(|d| d.rx_waiting_for_buffers()));
     nic.post_rx_buffers(1, UNSEGMENTED);

@@ -30,6 +30,7 @@ use super::MAX_PACKET_LEN;
 use crate::backends::tap::{NetBackend, MAX_FRAME_BUFFERS};
 use crate::devices::virtio::queue::{chain_at, take_available, QueueError, QueueRules, Spent};
 use crate::devices::virtio::ranges::{guest_slices, total_len, walk_ranges, GuestRange, RangeError};
+use crate::rate_limiter::{RateLimiter, TokenKind};
 use crate::vstate::memory::GuestMemoryMmap;
 
 /// A receive chain the device has taken off the ring and not yet used.
@@ -51,6 +52,9 @@ pub enum RxEnd {
     NeedBuffers,
     /// The pass spent its budget; the backend may have more.
     Yielded,
+    /// The receive rate limit is spent: stop watching the backend until
+    /// the limiter's timer fires.
+    Throttled,
 }
 
 /// Whether the held chains can take a frame.
@@ -114,8 +118,11 @@ impl Receiver {
 
     /// One bounded pass: reads frames from `backend` into the guest's
     /// buffers until the backend is empty, the guest's buffers run out or
-    /// the budget is spent. Returns how it ended and whether the driver
-    /// wants an interrupt.
+    /// the budget or the rate limit is spent. Returns how it ended and
+    /// whether the driver wants an interrupt. A frame's size is known only
+    /// once it is read, so the limiter admits a read while it has any
+    /// bandwidth left and is charged the frame's bytes afterwards.
+    #[allow(clippy::too_many_arguments)]
     pub fn pass<B: NetBackend>(
         &mut self,
         queue: &mut Queue,
@@ -123,6 +130,7 @@ impl Receiver {
         rules: &QueueRules,
         backend: &mut B,
         counters: &NetCounters,
+        limiter: &mut RateLimiter,
     ) -> Result<(RxEnd, bool), QueueError> {
         let walked = Cell::new(0u64);
         let mut spent = Spent::start();
@@ -139,13 +147,20 @@ impl Receiver {
                 Fill::Empty => break RxEnd::NeedBuffers,
                 Fill::OutOfBudget => break RxEnd::Yielded,
             }
+            if !limiter.consume_unsized() {
+                break RxEnd::Throttled;
+            }
             match self.receive_one(queue, mem, backend, counters)? {
                 Some(bytes) => {
+                    limiter.charge(bytes.saturating_sub(VNET_HDR_LEN) as u64, TokenKind::Bytes);
                     spent.chains += 1;
                     spent.bytes = spent.bytes.saturating_add(bytes as u64);
                     used |= bytes > 0;
                 }
-                None => break RxEnd::BackendEmpty,
+                None => {
+                    limiter.undo(1, TokenKind::Ops);
+                    break RxEnd::BackendEmpty;
+                }
             }
         };
         let notify = used && queue.needs_notification(mem)?;
