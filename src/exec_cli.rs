@@ -79,6 +79,11 @@ pub struct ExecArgs {
     /// Boot even where KVM is known not to run Linux (PVM hosts).
     #[arg(long)]
     force: bool,
+    /// Run the sandbox's microVM (and this command) in a jail, as `kiln
+    /// boot --jail` does (root only). Not with --copy-in, --copy-out or
+    /// --console: the jail cannot see host paths.
+    #[arg(long, value_name = "SPEC")]
+    jail: Option<kiln::config::jail::JailConfig>,
     /// Run the sandbox's VMM without its seccomp filters (for debugging
     /// kiln only; see `kiln boot --no-seccomp`).
     #[arg(long)]
@@ -158,6 +163,42 @@ fn sandbox_failure(e: &SandboxError) -> ExitCode {
     }
 }
 
+/// Puts this process in `jail` with the guest's files, rewriting their
+/// paths to the jail's names. `Some(status)`: the outer process, whose
+/// jailed child has run the command and ended.
+fn enter_jail(
+    jail: &kiln::config::jail::JailConfig,
+    kernel: &mut Option<std::path::PathBuf>,
+    initrd: &mut Option<std::path::PathBuf>,
+    rootfs: &mut Option<std::path::PathBuf>,
+    disks: &mut [kiln::config::DiskConfig],
+    nets: &[kiln::config::NetConfig],
+) -> Result<Option<u8>, kiln::jail::JailError> {
+    let mut vm = kiln::config::VmConfig::new(kernel.clone().unwrap_or_default());
+    vm.initrd = initrd.clone();
+    if let Some(r) = rootfs.as_ref() {
+        let mut block = kiln::devices::virtio::block::BlockConfig::new(r);
+        block.read_only = true;
+        vm.disks.push(kiln::config::DiskConfig { block, root: false });
+    }
+    vm.disks.extend(disks.iter().cloned());
+    vm.nets = nets.to_vec();
+    match kiln::jail::enter(jail, &mut vm)? {
+        kiln::jail::JailSide::Outside(code) => return Ok(Some(code)),
+        kiln::jail::JailSide::Inside(entry) => entry.finish(&[])?,
+    }
+    *kernel = Some(vm.kernel);
+    *initrd = vm.initrd;
+    let mut paths = vm.disks.into_iter().map(|d| d.block.path);
+    if rootfs.is_some() {
+        *rootfs = paths.next();
+    }
+    for (d, path) in disks.iter_mut().zip(paths) {
+        d.block.path = path;
+    }
+    Ok(None)
+}
+
 pub fn exec(args: ExecArgs) -> ExitCode {
     let plan = match plan(&args) {
         Ok(p) => p,
@@ -187,20 +228,41 @@ pub fn exec(args: ExecArgs) -> ExitCode {
             Err(e) => return fail(1, e),
         }
     }
+    let (mut rootfs, mut disks) = (args.rootfs.clone(), args.disks.clone());
+    if let Some(jail) = &args.jail {
+        if !plan.copy_in.is_empty() || !plan.copy_out.is_empty() || args.console.is_some() {
+            return fail(
+                2,
+                "--jail cannot be combined with --copy-in, --copy-out or --console (the jail cannot see host paths)",
+            );
+        }
+        match enter_jail(
+            jail,
+            &mut kernel,
+            &mut initrd,
+            &mut rootfs,
+            &mut disks,
+            &args.nets,
+        ) {
+            Ok(None) => {}
+            Ok(Some(code)) => return ExitCode::from(code),
+            Err(e) => return fail(1, e),
+        }
+    }
     if let Some(k) = &kernel {
         builder = builder.kernel(k);
     }
     if let Some(i) = &initrd {
         builder = builder.initrd(i);
     }
-    if let Some(r) = &args.rootfs {
+    if let Some(r) = &rootfs {
         builder = builder.rootfs(r);
     }
     if let Some(c) = &args.console {
         builder = builder.console(c);
     }
-    for d in &args.disks {
-        builder = builder.disk(d.clone());
+    for d in disks {
+        builder = builder.disk(d);
     }
     for n in &args.nets {
         builder = builder.net(n.clone());

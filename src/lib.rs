@@ -15,6 +15,7 @@ pub mod config;
 pub mod default_guest;
 pub mod devices;
 pub mod exit;
+pub mod jail;
 pub mod metrics;
 pub mod rate_limiter;
 pub mod sandbox;

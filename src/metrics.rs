@@ -72,7 +72,30 @@ impl MetricsFile {
     /// touched included. (ru_maxrss would include the image of the
     /// process that exec'd kiln; VmHWM is kiln's own.)
     pub fn peak_rss_kib(&self) -> Option<u64> {
-        self.status.as_ref()?.kib("VmHWM")
+        match &self.status {
+            Some(status) => status.kib("VmHWM"),
+            None => Some(crate::vstate::memory::peak_rss_kib()).filter(|k| *k > 0),
+        }
+    }
+
+    /// Reads the peak RSS from this process's own /proc entry again (a
+    /// forked child holds its parent's), or, with `None`, from getrusage
+    /// (a jail has no /proc; a forked child's ru_maxrss is its own).
+    pub fn reopen_status(&mut self, status: Option<ProcSelfStatus>) {
+        self.status = status;
+    }
+
+    /// Whether nothing has been written yet.
+    pub fn is_empty(&self) -> bool {
+        self.file.metadata().is_ok_and(|m| m.len() == 0)
+    }
+
+    /// The descriptors this holds, to keep open across a jail's entry.
+    pub fn fds(&self) -> Vec<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        let mut fds = vec![self.file.as_raw_fd()];
+        fds.extend(self.status.as_ref().map(ProcSelfStatus::as_raw_fd));
+        fds
     }
 
     /// Writes `record` as one line of JSON.
@@ -94,6 +117,9 @@ pub enum RunEnd {
     Guest(ExitReason),
     /// kiln could not build or run the VM (exit status 1 or 2).
     Error,
+    /// The VM ran in a jail and ended there (its record is the jailed
+    /// kiln's; this one is written only if that one could not be).
+    Jailed,
 }
 
 impl RunEnd {
@@ -108,6 +134,7 @@ impl RunEnd {
             RunEnd::Guest(ExitReason::Signal(_)) => "signal",
             RunEnd::Guest(ExitReason::Stopped) => "stopped",
             RunEnd::Error => "error",
+            RunEnd::Jailed => "killed-in-jail",
         }
     }
 }

@@ -40,7 +40,11 @@ fn every_thread_runs_filtered_once_the_guest_runs_and_none_with_no_seccomp() {
         let mut all = vec!["--cpus", "2"];
         all.extend_from_slice(args);
         let vm = spawn(&guest, &all);
-        assert_eq!(vm.line(Duration::from_secs(10)).as_deref(), Some("up"), "{args:?}");
+        assert_eq!(
+            vm.line(Duration::from_secs(10)).as_deref(),
+            Some("up"),
+            "{args:?}"
+        );
         let modes = thread_modes(vm.child.0.id());
         // The main (VMM) thread and both vCPUs (KVM may add a kernel
         // worker of its own to the process: it inherits the filter).

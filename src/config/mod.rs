@@ -11,6 +11,7 @@
 
 pub mod disk;
 pub mod id;
+pub mod jail;
 pub mod net;
 pub mod spec;
 pub mod vsock;

@@ -198,6 +198,7 @@ const CALL_NAMES: &[(i64, &str)] = &[
     (libc::SYS_fork, "fork"),
     (libc::SYS_vfork, "vfork"),
     (libc::SYS_mprotect, "mprotect"),
+    (libc::SYS_mmap, "mmap"),
     (libc::SYS_ptrace, "ptrace"),
     (libc::SYS_kill, "kill"),
     (libc::SYS_mount, "mount"),

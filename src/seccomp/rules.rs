@@ -38,7 +38,6 @@ const COMMON: &[i64] = &[
     libc::SYS_lseek,
     libc::SYS_fcntl,
     libc::SYS_brk,
-    libc::SYS_mmap,
     libc::SYS_munmap,
     libc::SYS_mremap,
     libc::SYS_madvise,
@@ -146,6 +145,20 @@ pub fn rules(kind: ThreadKind) -> Vec<Rule> {
         ThreadKind::Api => API,
     };
     let mut rules: Vec<Rule> = COMMON.iter().chain(extra).map(|&nr| (nr, vec![])).collect();
+    // Memory for the allocator (glibc grows a thread's heap with
+    // mprotect), never executable.
+    let no_exec = || {
+        let c = SeccompCondition::new(
+            2,
+            SeccompCmpArgLen::Dword,
+            SeccompCmpOp::MaskedEq(libc::PROT_EXEC as u64),
+            0,
+        )
+        .expect("a valid seccomp condition");
+        vec![SeccompRule::new(vec![c]).expect("a valid seccomp rule")]
+    };
+    rules.push((libc::SYS_mmap, no_exec()));
+    rules.push((libc::SYS_mprotect, no_exec()));
     let requests = ioctls(kind).into_iter().map(|r| one(1, r)).collect();
     rules.push((libc::SYS_ioctl, requests));
     if kind == ThreadKind::Vmm {

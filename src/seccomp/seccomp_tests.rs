@@ -88,6 +88,21 @@ fn foreign_ioctl() {
     unsafe { libc::syscall(libc::SYS_ioctl, 2, 0xae01u64, 0) };
 }
 
+fn executable_mapping() {
+    // SAFETY: an anonymous mapping; refused before the kernel acts.
+    unsafe {
+        libc::syscall(
+            libc::SYS_mmap,
+            0,
+            4096,
+            libc::PROT_READ | libc::PROT_EXEC,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+}
+
 fn clone_process() {
     // SAFETY: a raw fork-like clone; refused before the kernel acts.
     unsafe { libc::syscall(libc::SYS_clone, libc::SIGCHLD, 0, 0, 0, 0) };
@@ -95,6 +110,19 @@ fn clone_process() {
 
 fn everyday_calls() {
     let mut buf = [0u8; 8];
+    // SAFETY: an anonymous read-write mapping, then made read-only.
+    unsafe {
+        let p = libc::syscall(
+            libc::SYS_mmap,
+            0,
+            4096,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        );
+        libc::syscall(libc::SYS_mprotect, p, 4096, libc::PROT_READ);
+    }
     let mut ts: libc::timespec = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
@@ -124,7 +152,9 @@ fn every_filter_builds_and_says_how_many_calls_it_allows() {
 
 #[test]
 fn forbidden_calls_stop_the_process_with_one_line_naming_them() {
-    let cases: [(ThreadKind, fn(), &str); 8] = [
+    let cases: [(ThreadKind, fn(), &str); 10] = [
+        (ThreadKind::Vmm, executable_mapping, "mmap (9)"),
+        (ThreadKind::Vcpu, executable_mapping, "mmap (9)"),
         (ThreadKind::Vmm, execve, "execve (59)"),
         (ThreadKind::Vmm, open_new_path, "openat (257)"),
         (ThreadKind::Vmm, inet_socket, "socket (41)"),

@@ -58,6 +58,19 @@ pub fn kib_field(text: &str, key: &str) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// This process's peak resident set in KiB by getrusage (ru_maxrss), 0
+/// if unknown. After an exec it includes the image of the process that
+/// exec'd kiln; a forked child's is its own.
+pub fn peak_rss_kib() -> u64 {
+    // SAFETY: rusage is plain data; getrusage fills it in or fails.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `usage` is a valid rusage to write to.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+        return 0;
+    }
+    usage.ru_maxrss.max(0) as u64
+}
+
 /// /proc/self/status, opened ahead: a thread under seccomp can read it
 /// (pread) but could not open it.
 #[derive(Debug)]
@@ -66,6 +79,10 @@ pub struct ProcSelfStatus(std::fs::File);
 impl ProcSelfStatus {
     pub fn open() -> Option<Self> {
         std::fs::File::open("/proc/self/status").ok().map(Self)
+    }
+
+    pub fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        std::os::fd::AsRawFd::as_raw_fd(&self.0)
     }
 
     /// The kB value of `key` (e.g. VmHWM, kiln's own peak RSS) now.

@@ -1,11 +1,13 @@
 # Sourced by suite.sh: a locked-down VMM (issue 11). kiln runs a Linux
 # guest with a writable root disk and a vsock (guest/lockdown) as an
-# ordinary user; while the guest runs, the host checks kiln's credentials
-# and that every kiln thread runs under a seccomp filter; afterwards the
-# disk and the bytes sent over vsock are checked.
+# ordinary user, and in a --jail; while the guest runs, the host checks
+# kiln's credentials, that every kiln thread runs under a seccomp filter
+# and (jailed) what the VMM can see; afterwards the disk and the bytes sent
+# over vsock are checked, and the jail must be gone. A jail's cgroup
+# memory limit must stop a guest that needs more; kiln exec runs jailed.
 # Needs root (to hand /dev/kvm and the files to the user) and VSOCK_PROBE's
 # run-as. LOCKDOWN_UID/LOCKDOWN_GID: the ordinary user (default 1000).
-LOCKDOWN_SCENARIOS="nonroot-disk-vsock"
+LOCKDOWN_SCENARIOS="nonroot-disk-vsock jail-disk-vsock jail-memory-limit jail-exec"
 LUID=${LOCKDOWN_UID:-1000} LGID=${LOCKDOWN_GID:-1000}
 
 # seccomp_report PID: "ok N" when all N threads of PID show Seccomp: 2,
@@ -25,13 +27,17 @@ status_field() { sed -n "s/^$2:[[:space:]]*//p" "/proc/$1/status" | tr '\t' ' ';
 
 # lockdown_run NAME DIR SOCK AS_USER KILN-ARGS...: the lockdown guest under
 # kiln (as LUID:LGID when AS_USER is yes), a host listener at SOCK_5200 in
-# DIR, the checks while the guest waits, then its release. Sets $status,
+# DIR (once DIR is LUID's), the checks while the guest waits, then its
+# release. lockdown_find_vmm (a function given the pid) finds the VMM when
+# it is not kiln itself; lockdown_inspect gets its pid too. Sets $status,
 # $sent ("0 <sha>" from the guest), $got (sha of what the host received),
 # $creds, $seccomp, $kpid_seen (the VMM's pid while it ran).
 lockdown_run() {
   name=$1 dir=$2 sock=$3 as_user=$4; shift 4
   P=$VSOCK_PROBE
-  as() { if [ "$as_user" = yes ]; then "$P" run-as "$LUID" "$LGID" -- "$@"; else "$@"; fi; }
+  # The host's side (listener, release) is always the user's: a jailed
+  # kiln, root only until it drops to LUID, must be able to connect.
+  as() { "$P" run-as "$LUID" "$LGID" -- "$@"; }
   : >"$OUT/$name.log"; : >"$OUT/$name.err"
   start=$(now)
   # exec: $! is then kiln's own pid (run-as execs it too).
@@ -44,7 +50,7 @@ lockdown_run() {
   got=- creds=- seccomp=- kpid_seen=$kpid
   # The listener may only be startable once kiln made DIR (a jail).
   i=0
-  while [ ! -d "$dir" ] && [ "$i" -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+  while [ "$(stat -c %u "$dir" 2>/dev/null)" != "$LUID" ] && [ "$i" -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
   as "$P" listen "unix:${sock}_5200" stdio --count 1 </dev/null >"$SCRATCH/$name.recv" 2>"$OUT/$name.listen.err" &
   lpid=$!
   if wait_for "$name" KILN-LOCKDOWN-VSOCK "$GUEST_TIMEOUT"; then
@@ -91,4 +97,79 @@ if wanted nonroot-disk-vsock; then
   elif [ "$disk" != "$want" ]; then fail $n "disk file after exit: $disk, want $want"
   else pass $n "as uid $LUID: 8 MiB to disk and over vsock intact; ${seccomp#ok } threads all with Seccomp: 2; no capabilities"; fi
   rm -rf "$img" "$vdir" "$SCRATCH/lockdown.bin"
+fi
+
+# Jails need a cgroup hierarchy with the memory and pids controllers: a
+# bare nested host has none mounted (cgroup v2 then).
+jail_cgroups() {
+  grep -q ' /sys/fs/cgroup ' /proc/mounts || { mkdir -p /sys/fs/cgroup && mount -t cgroup2 cgroup2 /sys/fs/cgroup; }
+}
+# The jailed VMM: the outer kiln's first child.
+jailed_vmm() { cut -d' ' -f1 "/proc/$1/task/$1/children"; }
+# What the jailed VMM sees at its root, as one line.
+jail_view() { ls "/proc/$1/root" | tr '\n' ' '; echo "etc=$( [ -e "/proc/$1/root/etc" ] && echo yes || echo no)"; }
+record_view() { jail_seen=$(jail_view "$1"); }
+
+if wanted jail-disk-vsock; then
+  n=jail-disk-vsock
+  jail_cgroups
+  img=$SCRATCH/root-jail.ext4
+  cp "$ROOTFS" "$img"
+  chown "$LUID:$LGID" "$img"
+  jdir=$SCRATCH/jail-vm1
+  rm -rf "$jdir"
+  jail_seen=-
+  lockdown_find_vmm=jailed_vmm lockdown_inspect=record_view \
+    lockdown_run $n "$jdir" "$jdir/v.sock" no --kernel "$KERNEL" --memory 256 \
+    --disk "path=$img,root" --vsock "cid=3,socket=/v.sock" --cmdline "$BASE kiln.run=lockdown" \
+    --jail "$jdir,uid=$LUID,gid=$LGID,cgroup=memory.max=512M,cgroup=pids.max=64,cgroup=cpu.max=max 100000"
+  want=$("$VSOCK_PROBE" gen 8M --seed 3 | sha256sum | cut -d' ' -f1)
+  debugfs -R "dump /lockdown.bin $SCRATCH/lockdown.bin" "$img" >/dev/null 2>&1
+  disk=$( [ -f "$SCRATCH/lockdown.bin" ] && sum "$SCRATCH/lockdown.bin")
+  if [ "$status" != 0 ]; then fail $n "status=$status"
+  elif [ "${creds#uid=$LUID $LUID $LUID $LUID gid=$LGID $LGID $LGID $LGID}" = "$creds" ]; then fail $n "the jailed VMM did not run as $LUID:$LGID: $creds"
+  elif [ "${creds#*nnp=1}" = "$creds" ]; then fail $n "no no_new_privs: $creds"
+  elif [ "${seccomp%% *}" != ok ]; then fail $n "seccomp: $seccomp"
+  elif [ "$jail_seen" != "dev disk0 kernel tmp v.sock v.sock_5200 etc=no" ]; then fail $n "the jailed VMM sees: $jail_seen"
+  elif [ "$got" != "$want" ]; then fail $n "host received sha $got over vsock (at the jail's v.sock_5200), want $want"
+  elif [ "$disk" != "$want" ]; then fail $n "disk file after exit: $disk, want $want"
+  elif [ -e "$jdir" ]; then fail $n "the jail $jdir was left behind: $(ls "$jdir")"
+  elif ls -d /sys/fs/cgroup/kiln/jail-vm1 >/dev/null 2>&1; then fail $n "its cgroup was left behind"
+  else pass $n "jailed as $LUID:$LGID (sees only: ${jail_seen% etc=no}); 8 MiB to disk and over vsock intact; ${seccomp#ok } threads filtered; jail and cgroup removed"; fi
+  rm -rf "$img" "$SCRATCH/lockdown.bin"
+fi
+
+# A guest that needs more memory than its jail's cgroup allows: it writes
+# 160 MiB into its initramfs (RAM) with 96 MiB allowed.
+if wanted jail-memory-limit; then
+  n=jail-memory-limit
+  jail_cgroups
+  jdir=$SCRATCH/jail-hog
+  rm -rf "$jdir"
+  hog=$(echo 'dd if=/dev/zero of=/hog bs=1M count=160 2>/dev/null; echo KILN-HOG-DONE' | base64 | tr -d '\n')
+  run_kiln $n --kernel "$KERNEL" --initrd "$INITRD" --memory 256 --cmdline "$BASE kiln.cmd=$hog" \
+    --jail "$jdir,uid=$LUID,gid=$LGID,cgroup=memory.max=96M"
+  err=$(cat "$OUT/$n.err")
+  if [ "$status" != 137 ]; then fail $n "status=$status, want 137: $err"
+  elif has $n KILN-HOG-DONE; then fail $n "the guest wrote 160 MiB within a 96 MiB limit"
+  elif [ "${err#kiln: the VM was killed: it went over its memory limit}" = "$err" ]; then fail $n "stderr: $err"
+  elif [ -e "$jdir" ]; then fail $n "the jail was left behind"
+  else pass $n "killed at the 96 MiB limit with one line: $err"; fi
+fi
+
+if wanted jail-exec; then
+  n=jail-exec
+  jail_cgroups
+  jdir=$SCRATCH/jail-exec
+  rm -rf "$jdir"
+  start=$(now)
+  timeout -s KILL "$GUEST_TIMEOUT" "$KILN" exec --kernel "$KERNEL" --initrd "$SANDBOX_INITRD" \
+    --jail "$jdir,uid=$LUID,gid=$LGID,cgroup=memory.max=1G" -- sh -c 'echo jailed-ok; exit 7' \
+    </dev/null >"$OUT/$n.log" 2>"$OUT/$n.err"
+  status=$?
+  echo "E2E-TIME $n - $(elapsed "$start" "$(now)")"
+  if [ "$status" != 7 ]; then fail $n "status=$status, want 7: $(cat "$OUT/$n.err")"
+  elif [ "$(cat "$OUT/$n.log")" != jailed-ok ]; then fail $n "stdout: $(cat "$OUT/$n.log")"
+  elif [ -e "$jdir" ]; then fail $n "the jail was left behind"
+  else pass $n "kiln exec in a jail: stdout and exit status 7 came through; jail removed"; fi
 fi
