@@ -122,16 +122,16 @@ impl VmCgroups {
         let parent = hierarchy.mount.join("kiln");
         let dir = parent.join(name);
         let io = |what: String| move |source| JailError::Cgroup { what, source };
-        if !self.dirs.contains(&dir) {
-            std::fs::create_dir_all(&parent).map_err(io(format!("create {}", parent.display())))?;
-            if hierarchy.v2 {
-                // Controllers must be handed down to reach kiln/<name>.
-                for d in [&hierarchy.mount, &parent] {
-                    let file = d.join("cgroup.subtree_control");
-                    std::fs::write(&file, format!("+{controller}"))
-                        .map_err(io(format!("enable {controller} in {}", file.display())))?;
-                }
+        std::fs::create_dir_all(&parent).map_err(io(format!("create {}", parent.display())))?;
+        if hierarchy.v2 {
+            // Each controller must be handed down to reach kiln/<name>.
+            for d in [&hierarchy.mount, &parent] {
+                let file = d.join("cgroup.subtree_control");
+                std::fs::write(&file, format!("+{controller}"))
+                    .map_err(io(format!("enable {controller} in {}", file.display())))?;
             }
+        }
+        if !self.dirs.contains(&dir) {
             match std::fs::create_dir(&dir) {
                 Ok(()) => self.dirs.push(dir.clone()),
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {

@@ -250,16 +250,31 @@ impl JailRoot {
         std::env::set_current_dir(&self.dir).map_err(JailError::setup("enter the jail"))?;
         // pivot_root(".", "."): the old root ends up under the new one,
         // where a lazy unmount drops it.
-        check(
-            // SAFETY: two valid C paths.
-            unsafe { libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) as libc::c_int },
-            "pivot_root into the jail",
-        )?;
-        // SAFETY: a valid C path.
-        check(
-            unsafe { libc::umount2(c".".as_ptr(), libc::MNT_DETACH) },
-            "detach the old root",
-        )?;
+        // SAFETY: two valid C paths.
+        let pivot = unsafe { libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) };
+        if pivot == 0 {
+            // SAFETY: a valid C path.
+            check(
+                unsafe { libc::umount2(c".".as_ptr(), libc::MNT_DETACH) },
+                "detach the old root",
+            )?;
+        } else if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINVAL) {
+            // The root is an initramfs (rootfs), which cannot be pivoted
+            // away: move the jail over / and chroot into it, as container
+            // runtimes' --no-pivot does. The old root stays only under the
+            // moved mount, out of reach once the capabilities are dropped.
+            check(
+                // SAFETY: valid C paths; null where mount(2) ignores them.
+                unsafe { libc::mount(c".".as_ptr(), c"/".as_ptr(), none, libc::MS_MOVE, none.cast()) },
+                "move the jail over / (the host root is an initramfs)",
+            )?;
+            // SAFETY: a valid C path.
+            check(unsafe { libc::chroot(c".".as_ptr()) }, "chroot into the jail")?;
+        } else {
+            return Err(JailError::setup("pivot_root into the jail")(
+                std::io::Error::last_os_error(),
+            ));
+        }
         std::env::set_current_dir("/").map_err(JailError::setup("enter the jail's root"))?;
         // SAFETY: a valid buffer and its length.
         unsafe { libc::sethostname(c"kiln".as_ptr(), 4) };
