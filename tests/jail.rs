@@ -89,6 +89,12 @@ fn a_jailed_vmm_sees_only_its_jail_runs_unprivileged_and_is_cleaned_up() {
         .collect();
     seen.sort();
     assert_eq!(seen, ["dev", "kernel", "tmp", "v.sock"], "jail root");
+    let mut devs: Vec<String> = std::fs::read_dir(format!("/proc/{vmm}/root/dev"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    devs.sort();
+    assert_eq!(devs, ["kvm", "null"]);
     assert!(!Path::new(&format!("/proc/{vmm}/root/etc/passwd")).exists());
     // The host reaches the socket under the jail's directory.
     assert!(jail.join("v.sock").exists());

@@ -133,11 +133,13 @@ impl JailRoot {
         for (i, d) in config.disks.iter_mut().enumerate() {
             d.block.path = PathBuf::from(format!("/disk{i}"));
         }
-        let mut nodes = vec!["dev/kvm"];
+        // /dev/null: where a sandbox's unwanted console goes.
+        let mut nodes = vec!["dev/kvm", "dev/null"];
         if !config.nets.is_empty() {
             nodes.push("dev/net/tun");
         }
         for node in nodes {
+            let mode = if node == "dev/null" { 0o666 } else { 0o600 };
             let host = Path::new("/").join(node);
             let rdev = std::fs::metadata(&host)
                 .map_err(JailError::setup(format!("use {}", host.display())))?
@@ -149,7 +151,7 @@ impl JailRoot {
             }
             check(
                 // SAFETY: a valid C path; a character device like the host's.
-                unsafe { libc::mknod(c_path(&inside).as_ptr(), libc::S_IFCHR | 0o600, rdev) },
+                unsafe { libc::mknod(c_path(&inside).as_ptr(), libc::S_IFCHR | mode, rdev) },
                 format!("make {}", inside.display()),
             )?;
             chown(&inside)?;
