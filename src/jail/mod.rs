@@ -108,13 +108,30 @@ pub fn enter(jail: &JailConfig, config: &mut VmConfig) -> Result<JailSide, JailE
             return Err(e);
         }
     };
+    // Blocked before the fork: a SIGTERM meant for the outer process then
+    // waits for its forwarding loop (instead of killing it before it can
+    // clean up), and the child, PID 1 of its namespace, keeps TERM and INT
+    // pending until its VMM's signalfd reads them (the kernel drops
+    // signals that PID 1 neither blocks nor handles).
+    let forwarded = signal_set(&[libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGCHLD]);
+    // SAFETY: masking signals of this single-threaded process; `old` is a local.
+    let old = unsafe {
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigprocmask(libc::SIG_BLOCK, &forwarded, &mut old);
+        old
+    };
     match fork_into_pid_namespace() {
         Err(e) => {
+            // SAFETY: restoring the mask saved above.
+            unsafe { libc::sigprocmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
             cgroups.remove();
             root.remove();
             Err(e)
         }
         Ok(Fork::Child(go)) => {
+            let restore = signal_set(&[libc::SIGHUP, libc::SIGCHLD]);
+            // SAFETY: unmasking in this (single-threaded) child.
+            unsafe { libc::sigprocmask(libc::SIG_UNBLOCK, &restore, std::ptr::null_mut()) };
             // The parent moves us into the cgroups, then lets us go on.
             let mut byte = [0u8; 1];
             // SAFETY: reading one byte into a local buffer from our pipe end.
@@ -201,20 +218,22 @@ fn fork_into_pid_namespace() -> Result<Fork, JailError> {
     }
 }
 
-/// Waits for `child`, passing SIGTERM, SIGINT and SIGHUP on; returns the
-/// exit status kiln should end with.
-fn wait_forwarding_signals(child: libc::pid_t, cgroups: &VmCgroups) -> u8 {
-    // SAFETY: plain signal-set manipulation on locals, then masking the
-    // forwarded signals in this (single-threaded) process.
-    let set = unsafe {
+fn signal_set(signals: &[libc::c_int]) -> libc::sigset_t {
+    // SAFETY: plain signal-set manipulation on a local.
+    unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
-        for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGCHLD] {
+        for &sig in signals {
             libc::sigaddset(&mut set, sig);
         }
-        libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         set
-    };
+    }
+}
+
+/// Waits for `child`, passing SIGTERM, SIGINT and SIGHUP on (all blocked
+/// by [`enter`] before the fork); returns kiln's exit status.
+fn wait_forwarding_signals(child: libc::pid_t, cgroups: &VmCgroups) -> u8 {
+    let set = signal_set(&[libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGCHLD]);
     let timeout = libc::timespec {
         tv_sec: 0,
         tv_nsec: 200_000_000,
