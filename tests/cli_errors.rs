@@ -308,3 +308,23 @@ fn vsock_socket_path_in_use_is_a_host_error() {
         "cid 2 is reserved",
     );
 }
+
+#[test]
+fn bad_jail_specs_are_usage_errors() {
+    let dir = scratch("cli-jail");
+    let guest = hello(&dir);
+    let g = guest.to_str().unwrap();
+    for (spec, needle) in [
+        ("relative/dir", "must be an absolute path"),
+        ("/j,uid=abc", "expected a number"),
+        ("/j,cgroup=memory", "cgroup=KEY=VALUE"),
+        ("/j,shell=yes", "expected uid=U"),
+    ] {
+        one_line(&["boot", "--kernel", g, "--jail", spec], 2, needle);
+        one_line(
+            &["exec", "--kernel", g, "--initrd", g, "--jail", spec, "--", "true"],
+            2,
+            needle,
+        );
+    }
+}
