@@ -1,6 +1,6 @@
 //! Parses arbitrary strings as `--disk` specs. No panic; a refusal is one
 //! line; an accepted spec has a path without commas and an id of at most
-//! 20 printable characters, writes back to a canonical spec that parses to
+//! 20 printable characters, writes back (rate limits included) to a canonical spec that parses to
 //! the same disk, and carries an id the block device accepts too (so it
 //! cannot pass the command line only to fail when the VM starts).
 #![no_main]
@@ -32,6 +32,15 @@ fn canonical(disk: &DiskConfig) -> String {
     ));
     if let Some(id) = &b.id {
         spec.push_str(&format!(",id={id}"));
+    }
+    let limits = [("bw", &b.rate_limiter.bandwidth), ("ops", &b.rate_limiter.ops)];
+    for (key, bucket) in limits {
+        if let Some(bucket) = bucket {
+            spec.push_str(&format!(",{key}={}/{}", bucket.size, bucket.refill_time));
+            if let Some(burst) = bucket.one_time_burst {
+                spec.push_str(&format!(",{key}-burst={burst}"));
+            }
+        }
     }
     spec
 }
