@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{assemble, kiln, scratch, wait_or_kill, KillOnDrop, PUTS, RESET};
+use common::{assemble, kiln, scratch, wait_or_kill, waiting_guest, KillOnDrop, PUTS, RESET};
 
 fn root() -> bool {
     // SAFETY: geteuid has no preconditions.
@@ -18,12 +18,6 @@ fn root() -> bool {
         eprintln!("skipped: --jail needs root and this test runs as an ordinary user");
     }
     root
-}
-
-/// A guest that says "up", then halts until kiln is stopped.
-fn waiting_guest(dir: &Path) -> std::path::PathBuf {
-    let src = format!(".code64\n.globl _start\n_start:\n    lea msg(%rip), %rsi\n    call puts\n    cli\n1:  hlt\n    jmp 1b\n{PUTS}msg: .asciz \"up\\n\"\n");
-    assemble(dir, "wait", &src)
 }
 
 fn field(pid: u32, key: &str) -> String {

@@ -6,14 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{assemble, scratch, spawn, PUTS};
-
-/// A guest that says "up", then halts forever (until kiln is stopped).
-fn waiting_guest(name: &str) -> std::path::PathBuf {
-    let dir = scratch(name);
-    let src = format!(".code64\n.globl _start\n_start:\n    lea msg(%rip), %rsi\n    call puts\n    cli\n1:  hlt\n    jmp 1b\n{PUTS}msg: .asciz \"up\\n\"\n");
-    assemble(&dir, "wait", &src)
-}
+use common::{scratch, spawn, waiting_guest};
 
 /// Seccomp mode of every thread of `pid`: (thread name, mode).
 fn thread_modes(pid: u32) -> Vec<(String, String)> {
@@ -35,7 +28,7 @@ fn thread_modes(pid: u32) -> Vec<(String, String)> {
 
 #[test]
 fn every_thread_runs_filtered_once_the_guest_runs_and_none_with_no_seccomp() {
-    let guest = waiting_guest("seccomp-threads");
+    let guest = waiting_guest(&scratch("seccomp-threads"));
     for (args, want) in [(&[][..], "2"), (&["--no-seccomp"][..], "0")] {
         let mut all = vec!["--cpus", "2"];
         all.extend_from_slice(args);
@@ -59,7 +52,7 @@ fn every_thread_runs_filtered_once_the_guest_runs_and_none_with_no_seccomp() {
 
 #[test]
 fn a_forbidden_call_on_any_thread_stops_kiln_with_one_line() {
-    let guest = waiting_guest("seccomp-selftest");
+    let guest = waiting_guest(&scratch("seccomp-selftest"));
     for (kind, call, shown) in [
         ("vmm", "execve", "execve (59)"),
         ("vmm", "open", "openat (257)"),

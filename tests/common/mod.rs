@@ -310,3 +310,11 @@ pub fn wait_for_queued(read_end: &impl std::os::fd::AsRawFd, bytes: usize, limit
         std::thread::sleep(Duration::from_millis(1));
     }
 }
+
+/// A guest that prints "up", then halts until kiln is stopped.
+pub fn waiting_guest(dir: &Path) -> PathBuf {
+    let src = format!(
+        ".code64\n.globl _start\n_start:\n    lea msg(%rip), %rsi\n    call puts\n    cli\n1:  hlt\n    jmp 1b\n{PUTS}msg: .asciz \"up\\n\"\n"
+    );
+    assemble(dir, "wait", &src)
+}
