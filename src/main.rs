@@ -252,7 +252,7 @@ fn boot(mut args: BootArgs, timeline: &Arc<BootTimeline>, metrics: &mut Option<M
             Ok(JailSide::Inside(entry)) => {
                 // The jail has no /proc: getrusage gives the peak RSS.
                 let keep = metrics.as_mut().map_or(Vec::new(), |m| {
-                    m.reopen_status(None);
+                    m.use_getrusage();
                     m.fds()
                 });
                 if let Err(e) = entry.finish(&keep) {

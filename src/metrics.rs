@@ -74,15 +74,15 @@ impl MetricsFile {
     pub fn peak_rss_kib(&self) -> Option<u64> {
         match &self.status {
             Some(status) => status.kib("VmHWM"),
-            None => Some(crate::vstate::memory::peak_rss_kib()).filter(|k| *k > 0),
+            None => own_rusage().map(|u| u.ru_maxrss.max(0) as u64).filter(|k| *k > 0),
         }
     }
 
-    /// Reads the peak RSS from this process's own /proc entry again (a
-    /// forked child holds its parent's), or, with `None`, from getrusage
-    /// (a jail has no /proc; a forked child's ru_maxrss is its own).
-    pub fn reopen_status(&mut self, status: Option<ProcSelfStatus>) {
-        self.status = status;
+    /// Reads the peak RSS from getrusage from now on: a forked child (the
+    /// jailed VMM) holds its parent's /proc entry and has no /proc of its
+    /// own, but its ru_maxrss is its own.
+    pub fn use_getrusage(&mut self) {
+        self.status = None;
     }
 
     /// Whether nothing has been written yet.
@@ -185,14 +185,20 @@ impl<'a> MetricsRecord<'a> {
 
 /// User and system CPU time of this process (all its threads), in µs.
 fn cpu_time_us() -> (u64, u64) {
+    let Some(usage) = own_rusage() else {
+        return (0, 0);
+    };
+    let us = |t: libc::timeval| (t.tv_sec.max(0) as u64) * 1_000_000 + t.tv_usec.max(0) as u64;
+    (us(usage.ru_utime), us(usage.ru_stime))
+}
+
+/// getrusage(RUSAGE_SELF): CPU time, and the peak RSS where /proc is out
+/// of reach (a forked child's ru_maxrss is its own).
+fn own_rusage() -> Option<libc::rusage> {
     // SAFETY: rusage is plain data; getrusage fills it in or fails.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: `usage` is a valid rusage to write to.
-    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
-        return (0, 0);
-    }
-    let us = |t: libc::timeval| (t.tv_sec.max(0) as u64) * 1_000_000 + t.tv_usec.max(0) as u64;
-    (us(usage.ru_utime), us(usage.ru_stime))
+    (unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } == 0).then_some(usage)
 }
 
 #[cfg(test)]

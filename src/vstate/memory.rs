@@ -58,19 +58,6 @@ pub fn kib_field(text: &str, key: &str) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// This process's peak resident set in KiB by getrusage (ru_maxrss), 0
-/// if unknown. After an exec it includes the image of the process that
-/// exec'd kiln; a forked child's is its own.
-pub fn peak_rss_kib() -> u64 {
-    // SAFETY: rusage is plain data; getrusage fills it in or fails.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: `usage` is a valid rusage to write to.
-    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
-        return 0;
-    }
-    usage.ru_maxrss.max(0) as u64
-}
-
 /// /proc/self/status, opened ahead: a thread under seccomp can read it
 /// (pread) but could not open it.
 #[derive(Debug)]
