@@ -3,14 +3,19 @@
 //!
 //! ```text
 //! sandbox_check --kernel VMLINUX --initrd SANDBOX_INITRD [--sandboxes N]
+//!               [--jail SPEC --kiln PATH]
 //! ```
 //! Prints one line per check, `SANDBOX-CHECK <name> PASS|FAIL <detail>`,
-//! and exits 0 iff every check passed.
+//! and exits 0 iff every check passed. With `--jail` (as root) the
+//! sandboxes run jailed through the `kiln` binary at PATH, and the checks
+//! are the jail's: statuses, files and pipes through a jailed VM, the
+//! jail's directory gone after drop, and a timeout.
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use kiln::config::jail::JailConfig;
 use kiln::{Sandbox, SandboxBuilder, SandboxError, Stdio};
 
 type CheckResult = Result<String, String>;
@@ -19,10 +24,12 @@ struct Args {
     kernel: PathBuf,
     initrd: PathBuf,
     sandboxes: usize,
+    jail: Option<(JailConfig, PathBuf)>,
 }
 
 fn parse_args() -> Result<Args, String> {
     let (mut kernel, mut initrd, mut sandboxes) = (None, None, 50);
+    let (mut jail, mut kiln) = (None, None);
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         let value = args.next().ok_or(format!("{flag} needs a value"))?;
@@ -30,6 +37,8 @@ fn parse_args() -> Result<Args, String> {
             "--kernel" => kernel = Some(PathBuf::from(value)),
             "--initrd" => initrd = Some(PathBuf::from(value)),
             "--sandboxes" => sandboxes = value.parse().map_err(|e| format!("--sandboxes: {e}"))?,
+            "--jail" => jail = Some(value.parse::<JailConfig>().map_err(|e| e.to_string())?),
+            "--kiln" => kiln = Some(PathBuf::from(value)),
             other => return Err(format!("unknown flag {other}")),
         }
     }
@@ -37,15 +46,44 @@ fn parse_args() -> Result<Args, String> {
         kernel: kernel.ok_or("--kernel is required")?,
         initrd: initrd.ok_or("--initrd is required")?,
         sandboxes,
+        jail: match (jail, kiln) {
+            (Some(j), Some(k)) => Some((j, k)),
+            (None, None) => None,
+            _ => return Err("--jail and --kiln go together".into()),
+        },
     })
 }
 
 fn builder(args: &Args) -> SandboxBuilder {
-    Sandbox::builder()
+    let b = Sandbox::builder()
         .kernel(&args.kernel)
         .initrd(&args.initrd)
         .memory_mib(256)
-        .timeout(Duration::from_secs(60))
+        .timeout(Duration::from_secs(60));
+    match &args.jail {
+        Some((jail, kiln)) => b.jail(jail.clone()).kiln_binary(kiln),
+        None => b,
+    }
+}
+
+/// A jailed sandbox keeps its socket in the jail's directory while it
+/// runs, and the directory is gone once it is dropped.
+fn jail_removed(sb: Sandbox, jail: &JailConfig) -> CheckResult {
+    let socket = jail.dir.join("sandbox.vsock");
+    if !socket.exists() {
+        return Err(format!(
+            "{} does not exist while the sandbox runs",
+            socket.display()
+        ));
+    }
+    drop(sb);
+    if jail.dir.exists() {
+        return Err(format!("{} is still there after drop", jail.dir.display()));
+    }
+    Ok(format!(
+        "{} held the VM's socket, and went with the sandbox",
+        jail.dir.display()
+    ))
 }
 
 fn err(e: impl std::fmt::Display) -> String {
@@ -302,6 +340,23 @@ fn main() -> std::process::ExitCode {
         };
         println!("SANDBOX-CHECK {name} {verdict} {}", detail.replace('\n', " | "));
     };
+    if let Some((jail, _)) = &args.jail {
+        match builder(&args).build() {
+            Ok(sb) => {
+                report("statuses", statuses(&sb));
+                report("file-5mib", file_round_trip(&sb));
+                report("stdin-roundtrip", stdin_round_trip(&sb));
+                report("jail-removed", jail_removed(sb, jail));
+            }
+            Err(e) => report("boot", Err(e.to_string())),
+        }
+        report("timeout", timeout(&args));
+        return if all {
+            std::process::ExitCode::SUCCESS
+        } else {
+            std::process::ExitCode::FAILURE
+        };
+    }
     match builder(&args).build() {
         Ok(sb) => {
             report("sequential-20", sequential(&sb));

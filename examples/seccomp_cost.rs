@@ -19,7 +19,7 @@ fn main() {
         let mut size = 0;
         for _ in 0..20 {
             let t = Instant::now();
-            let program = filter(kind).expect("the filter builds");
+            let program = filter(kind);
             builds.push(t.elapsed());
             size = program.len();
             let install = std::thread::spawn(move || {

@@ -352,6 +352,7 @@ const SCENARIOS: &[&str] = &[
     "jail-disk-vsock",
     "jail-memory-limit",
     "jail-exec",
+    "jail-sandbox-library",
     "bench-boot",
 ];
 
@@ -782,4 +783,9 @@ fn jail_memory_limit_below_the_guests_need_kills_it_with_one_line() {
 #[test]
 fn exec_in_a_jail_passes_output_and_status_through() {
     check("jail-exec");
+}
+
+#[test]
+fn sandbox_library_runs_its_microvm_in_a_jail() {
+    check("jail-sandbox-library");
 }

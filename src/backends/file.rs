@@ -44,6 +44,17 @@ pub enum CacheMode {
     None,
 }
 
+impl CacheMode {
+    /// The name `cache=` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Unsafe => "unsafe",
+            Self::Writeback => "writeback",
+            Self::None => "none",
+        }
+    }
+}
+
 impl FromStr for CacheMode {
     type Err = FileBackendError;
 

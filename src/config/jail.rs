@@ -99,6 +99,20 @@ pub fn parse(spec: &str) -> Result<JailConfig, JailSpecError> {
     Ok(jail)
 }
 
+/// The spec: it parses back to the same jail (given paths without commas).
+impl std::fmt::Display for JailConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{},uid={},gid={}", self.dir.display(), self.uid, self.gid)?;
+        if let Some(netns) = &self.netns {
+            write!(f, ",netns={}", netns.display())?;
+        }
+        for (key, value) in &self.cgroups {
+            write!(f, ",cgroup={key}={value}")?;
+        }
+        Ok(())
+    }
+}
+
 impl std::str::FromStr for JailConfig {
     type Err = JailSpecError;
 
@@ -110,6 +124,17 @@ impl std::str::FromStr for JailConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_jail_writes_back_to_a_spec_that_parses_to_it() {
+        for spec in [
+            "/srv/j",
+            "/srv/j,uid=5,gid=6,netns=/run/netns/a,cgroup=memory.max=1G,cgroup=pids.max=9",
+        ] {
+            let j: JailConfig = spec.parse().unwrap();
+            assert_eq!(j.to_string().parse::<JailConfig>().unwrap(), j, "{spec}");
+        }
+    }
 
     #[test]
     fn jail_specs_parse() {

@@ -154,6 +154,22 @@ fn rate_limiter(spec: &Spec<'_>, keys: &RateKeys) -> Result<RateLimiterConfig, R
     RateLimiterConfig::from_keys(keys, values)
 }
 
+/// The spec that names every field given, each once: it parses back to
+/// the same card.
+impl std::fmt::Display for NetConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "tap={}", self.tap)?;
+        if let Some(mac) = self.mac {
+            write!(f, ",mac={mac}")?;
+        }
+        if let Some(id) = &self.id {
+            write!(f, ",id={id}")?;
+        }
+        f.write_str(&self.rx_rate_limiter.spec_keys(&RateKeys::RX))?;
+        f.write_str(&self.tx_rate_limiter.spec_keys(&RateKeys::TX))
+    }
+}
+
 impl std::str::FromStr for NetConfig {
     type Err = ConfigError;
 
@@ -165,6 +181,17 @@ impl std::str::FromStr for NetConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_card_writes_back_to_a_spec_that_parses_to_it() {
+        for spec in [
+            "tap=t0",
+            "tap=t1,mac=02:00:00:00:00:09,id=eth0,rx-bw=1M/100,tx-ops=5/10,tx-ops-burst=3",
+        ] {
+            let n: NetConfig = spec.parse().unwrap();
+            assert_eq!(n.to_string().parse::<NetConfig>().unwrap(), n, "{spec}");
+        }
+    }
 
     fn mac(text: &str) -> MacAddr {
         text.parse().unwrap()

@@ -125,6 +125,14 @@ fn parse_spec(text: &str) -> Result<VsockConfig, VsockError> {
     Ok(vsock)
 }
 
+/// The spec: it parses back to the same device (given a path without
+/// commas).
+impl std::fmt::Display for VsockConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "cid={},socket={}", self.cid, self.socket.display())
+    }
+}
+
 impl std::str::FromStr for VsockConfig {
     type Err = ConfigError;
 
@@ -136,6 +144,12 @@ impl std::str::FromStr for VsockConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_vsock_writes_back_to_a_spec_that_parses_to_it() {
+        let v: VsockConfig = "cid=7,socket=/tmp/v.sock".parse().unwrap();
+        assert_eq!(v.to_string().parse::<VsockConfig>().unwrap(), v);
+    }
 
     #[test]
     fn vsock_specs_parse() {

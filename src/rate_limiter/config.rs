@@ -99,6 +99,24 @@ impl RateLimiterConfig {
         }
     }
 
+    /// These limits as command-line keys (each after a comma), what
+    /// [`RateLimiterConfig::from_keys`] reads back.
+    pub fn spec_keys(&self, keys: &RateKeys) -> String {
+        let mut out = String::new();
+        for (rate, burst, bucket) in [
+            (keys.bw, keys.bw_burst, &self.bandwidth),
+            (keys.ops, keys.ops_burst, &self.ops),
+        ] {
+            if let Some(b) = bucket {
+                out.push_str(&format!(",{rate}={}/{}", b.size, b.refill_time));
+                if let Some(burst_size) = b.one_time_burst {
+                    out.push_str(&format!(",{burst}={burst_size}"));
+                }
+            }
+        }
+        out
+    }
+
     /// Builds the limits from command-line keys: `{prefix}bw=SIZE/MS`,
     /// `{prefix}bw-burst=SIZE`, `{prefix}ops=N/MS`, `{prefix}ops-burst=N`
     /// (`keys` gives the names, the values are what the spec holds).

@@ -12,9 +12,11 @@ use super::client::{self, ClientError};
 use super::command::SandboxCommand;
 use super::conn::connect_port;
 use super::error::SandboxError;
+use super::jailed;
 use super::protocol::{AGENT_VSOCK_PORT, DEFAULT_OUTPUT_CAP};
 use super::transfer::Limits;
 use super::vm::{wait_for_agent, Shared, VmThread};
+use crate::config::jail::JailConfig;
 use crate::config::{DiskConfig, NetConfig, VmConfig, VsockConfig, DEFAULT_CMDLINE};
 use crate::devices::virtio::block::BlockConfig;
 use crate::seccomp::SeccompMode;
@@ -65,6 +67,8 @@ pub struct SandboxBuilder {
     console: Option<PathBuf>,
     force: bool,
     seccomp: SeccompMode,
+    jail: Option<JailConfig>,
+    kiln_binary: Option<PathBuf>,
 }
 
 impl Default for SandboxBuilder {
@@ -85,6 +89,8 @@ impl Default for SandboxBuilder {
             console: None,
             force: false,
             seccomp: SeccompMode::On,
+            jail: None,
+            kiln_binary: None,
         }
     }
 }
@@ -189,6 +195,23 @@ impl SandboxBuilder {
         self
     }
 
+    /// Runs the microVM in a jail, as `kiln boot --jail` does: a fresh
+    /// directory holding only the VM's files, new namespaces, the jail's
+    /// user and cgroup limits (the program must run as root). The VMM is
+    /// then a `kiln` process (see [`SandboxBuilder::kiln_binary`]), not
+    /// threads of this one; everything else works as without a jail.
+    /// `console` still names a host file: kiln's output goes there.
+    pub fn jail(mut self, jail: JailConfig) -> Self {
+        self.jail = Some(jail);
+        self
+    }
+
+    /// The `kiln` binary a jailed sandbox runs (default: `kiln` on `PATH`).
+    pub fn kiln_binary(mut self, path: impl Into<PathBuf>) -> Self {
+        self.kiln_binary = Some(path.into());
+        self
+    }
+
     fn vm_config(&self, kernel: PathBuf, initrd: PathBuf, socket: PathBuf) -> Result<VmConfig, SandboxError> {
         let mut config = VmConfig::new(kernel);
         config.initrd = Some(initrd);
@@ -226,12 +249,32 @@ impl SandboxBuilder {
                 ))
             }
         };
-        let dir = PrivateDir::create()?;
-        let socket = dir.path.join("vsock");
-        let config = self.vm_config(kernel, initrd, socket.clone())?;
         let console_path = self.console.clone().unwrap_or_default();
         let console = open_console(self.console.as_deref())?;
-        let vm = VmThread::start(config, console)?;
+        let (vm, socket, dir) = match &self.jail {
+            None => {
+                let dir = PrivateDir::create()?;
+                let socket = dir.path.join("vsock");
+                let config = self.vm_config(kernel, initrd, socket.clone())?;
+                (VmThread::start(config, console)?, socket, Some(dir))
+            }
+            Some(jail) => {
+                // The socket's name inside the jail; the jailed kiln makes
+                // it, the host reaches it under the jail's directory.
+                let inside = Path::new("/").join(jailed::JAIL_SOCKET);
+                let config = self.vm_config(kernel, initrd, inside)?;
+                let args = jailed::boot_args(&config, jail)?;
+                let kiln = self
+                    .kiln_binary
+                    .clone()
+                    .unwrap_or_else(|| jailed::DEFAULT_KILN_BINARY.into());
+                (
+                    jailed::start(&kiln, args, console)?,
+                    jailed::host_socket(jail),
+                    None,
+                )
+            }
+        };
         let shared = Arc::new(Shared::new(
             socket,
             vm.stop_handle(),
@@ -244,7 +287,7 @@ impl SandboxBuilder {
         Ok(Sandbox {
             shared,
             vm: Some(vm),
-            dir: Some(dir),
+            dir,
             transfer_limit: self.transfer_limit,
         })
     }

@@ -15,6 +15,7 @@ mod conn;
 mod error;
 pub mod guest;
 mod instance;
+mod jailed;
 mod vm;
 
 pub use kiln_agent::{agent, protocol, transfer};

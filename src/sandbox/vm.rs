@@ -30,7 +30,7 @@ const DEADLINE_SLACK: Duration = Duration::from_millis(20);
 /// Console bytes quoted in boot errors.
 const CONSOLE_TAIL: u64 = 4096;
 
-type VmResult = Result<ExitReason, VmmError>;
+pub type VmResult = Result<ExitReason, VmmError>;
 
 /// The VMM thread.
 pub struct VmThread {
@@ -75,6 +75,17 @@ impl VmThread {
             ended: Mutex::new(None),
             handle: Some(handle),
         })
+    }
+
+    /// A VM run elsewhere (a jailed `kiln`), watched by `handle`, which
+    /// sends its result on `done`'s other end.
+    pub fn from_parts(stop: StopHandle, done: Receiver<VmResult>, handle: JoinHandle<()>) -> Self {
+        VmThread {
+            stop,
+            done: Mutex::new(done),
+            ended: Mutex::new(None),
+            handle: Some(handle),
+        }
     }
 
     pub fn stop_handle(&self) -> StopHandle {

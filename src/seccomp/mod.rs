@@ -8,12 +8,13 @@
 //! a thread that asks for what kiln never does is a bug or an attack, and
 //! nothing it holds can be trusted to go on.
 
+mod program;
 mod rules;
 
 use std::cell::Cell;
 use std::sync::Once;
 
-use seccompiler::{BpfProgram, SeccompAction, SeccompFilter};
+use seccompiler::BpfProgram;
 
 /// kiln's exit status after a forbidden system call (128 + SIGSYS, what a
 /// shell reports for a process SIGSYS killed).
@@ -50,11 +51,6 @@ impl ThreadKind {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SeccompError {
-    #[error("cannot build the {kind} thread's seccomp filter: {source}")]
-    Build {
-        kind: &'static str,
-        source: seccompiler::BackendError,
-    },
     #[error("cannot install the {kind} thread's seccomp filter: {source}; run with --no-seccomp to go without (debugging only)")]
     Install {
         kind: &'static str,
@@ -79,20 +75,8 @@ thread_local! {
 }
 
 /// `kind`'s filter as a BPF program: allow what its rules list, trap the rest.
-pub fn filter(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
-    let build = |source| SeccompError::Build {
-        kind: kind.name(),
-        source,
-    };
-    let arch = seccompiler::TargetArch::x86_64;
-    let filter = SeccompFilter::new(
-        rules::rules(kind).into_iter().collect(),
-        SeccompAction::Trap,
-        SeccompAction::Allow,
-        arch,
-    )
-    .map_err(build)?;
-    filter.try_into().map_err(build)
+pub fn filter(kind: ThreadKind) -> BpfProgram {
+    program::compile(rules::rules(kind).into_iter().collect(), libc::SECCOMP_RET_TRAP)
 }
 
 /// How many distinct system calls `kind`'s filter lets through.
@@ -107,7 +91,7 @@ pub fn install(kind: ThreadKind, mode: SeccompMode) -> Result<(), SeccompError> 
         return Ok(());
     }
     install_sigsys_handler()?;
-    let program = filter(kind)?;
+    let program = filter(kind);
     KIND.with(|k| k.set(kind.code()));
     seccompiler::apply_filter(&program).map_err(|source| SeccompError::Install {
         kind: kind.name(),

@@ -114,6 +114,17 @@ impl StopHandle {
         self.0.notify(ExitReason::Stopped);
     }
 
+    /// Records how a VM run outside this process ended (a jailed sandbox's
+    /// `kiln`); a stop asked earlier keeps its reason.
+    pub(crate) fn notify(&self, reason: ExitReason) {
+        self.0.notify(reason);
+    }
+
+    /// Readable once a stop is asked or recorded.
+    pub(crate) fn event_fd(&self) -> &vmm_sys_util::eventfd::EventFd {
+        self.0.event_fd()
+    }
+
     /// Why the VM stopped or is stopping; `None` while it runs (or before
     /// it started).
     pub fn exit_reason(&self) -> Option<ExitReason> {

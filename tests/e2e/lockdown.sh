@@ -4,10 +4,11 @@
 # kiln's credentials, that every kiln thread runs under a seccomp filter
 # and (jailed) what the VMM can see; afterwards the disk and the bytes sent
 # over vsock are checked, and the jail must be gone. A jail's cgroup
-# memory limit must stop a guest that needs more; kiln exec runs jailed.
+# memory limit must stop a guest that needs more; kiln exec and the
+# sandbox library (SANDBOX_CHECK --jail) run jailed.
 # Needs root (to hand /dev/kvm and the files to the user) and VSOCK_PROBE's
 # run-as. LOCKDOWN_UID/LOCKDOWN_GID: the ordinary user (default 1000).
-LOCKDOWN_SCENARIOS="nonroot-disk-vsock jail-disk-vsock jail-memory-limit jail-exec"
+LOCKDOWN_SCENARIOS="nonroot-disk-vsock jail-disk-vsock jail-memory-limit jail-exec jail-sandbox-library"
 LUID=${LOCKDOWN_UID:-1000} LGID=${LOCKDOWN_GID:-1000}
 
 # seccomp_report PID: "ok N" when all N threads of PID show Seccomp: 2,
@@ -172,4 +173,33 @@ if wanted jail-exec; then
   elif [ "$(cat "$OUT/$n.log")" != jailed-ok ]; then fail $n "stdout: $(cat "$OUT/$n.log")"
   elif [ -e "$jdir" ]; then fail $n "the jail was left behind"
   else pass $n "kiln exec in a jail: stdout and exit status 7 came through; jail removed"; fi
+fi
+
+# The library's jail: SANDBOX_CHECK --jail runs its sandboxes through the
+# kiln binary in jails (checks: statuses, file-5mib, stdin-roundtrip,
+# jail-removed, timeout).
+if wanted jail-sandbox-library; then
+  n=jail-sandbox-library
+  jail_cgroups
+  jdir=$SCRATCH/jail-sandbox
+  rm -rf "$jdir"
+  : >"$OUT/$n.log"; : >"$OUT/$n.err"
+  if [ ! -x "${SANDBOX_CHECK:-}" ]; then fail $n "SANDBOX_CHECK='${SANDBOX_CHECK:-}' is not an executable"
+  else
+    start=$(now)
+    timeout -s KILL 600 "$SANDBOX_CHECK" --kernel "$KERNEL" --initrd "$SANDBOX_INITRD" \
+      --jail "$jdir,uid=$LUID,gid=$LGID,cgroup=memory.max=1G" --kiln "$KILN" \
+      </dev/null >"$OUT/$n.log" 2>"$OUT/$n.err"
+    status=$?
+    echo "E2E-TIME $n - $(elapsed "$start" "$(now)")"
+    grep '^SANDBOX-CHECK ' "$OUT/$n.log"
+    missing=
+    for c in statuses file-5mib stdin-roundtrip jail-removed timeout; do
+      grep -q "^SANDBOX-CHECK $c PASS" "$OUT/$n.log" || missing="$missing $c"
+    done
+    if [ -n "$missing" ]; then fail $n "no PASS line for:$missing (status=$status): $(grep FAIL "$OUT/$n.log" | head -n 2 | tr '\n' ' ')$(head -c 300 "$OUT/$n.err")"
+    elif [ "$status" != 0 ]; then fail $n "status=$status"
+    elif [ -e "$jdir" ]; then fail $n "the jail was left behind"
+    else pass $n "the library's jailed sandbox: $(grep -c '^SANDBOX-CHECK [^ ]* PASS' "$OUT/$n.log") checks passed; jail removed"; fi
+  fi
 fi
