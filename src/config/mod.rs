@@ -118,8 +118,7 @@ pub struct VmConfig {
     /// virtio-blk disks, in the order the guest should see them.
     pub disks: Vec<DiskConfig>,
     /// virtio-net cards, in the order the guest should see them (eth0,
-    /// eth1, ...). Validated here, but the builder does not attach them
-    /// yet (the device is still being written; no flag sets them).
+    /// eth1, ...).
     pub nets: Vec<NetConfig>,
     /// The virtio-vsock device.
     pub vsock: Option<VsockConfig>,
