@@ -8,6 +8,7 @@
 #[macro_use]
 mod guest_log;
 
+pub mod api;
 pub mod arch;
 pub mod backends;
 pub mod bench;
