@@ -2,6 +2,7 @@
 //! outcome to an exit status (0 guest stopped cleanly, 1 host/setup error,
 //! 2 usage error, 3 guest panic, 4 triple fault, 5 KVM error, 128+N signal).
 
+mod api_cli;
 mod exec_cli;
 
 use std::path::PathBuf;
@@ -18,10 +19,20 @@ use kiln::vmm::{self, BootHooks, ConsoleIo};
 use kiln::vstate::kvm::{HostKind, PVM_HINT};
 
 #[derive(Parser)]
-#[command(name = "kiln", version, about = "A KVM microVM monitor")]
+#[command(
+    name = "kiln",
+    about = "A KVM microVM monitor",
+    disable_version_flag = true,
+    args_conflicts_with_subcommands = true,
+    subcommand_required = false
+)]
 struct Cli {
+    /// Started as Firecracker is (for orchestrators): see README, "The
+    /// Firecracker-compatible API".
+    #[command(flatten)]
+    api: api_cli::ApiArgs,
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 #[derive(Subcommand)]
@@ -165,7 +176,6 @@ fn main() -> ExitCode {
     // "Process start" for --boot-timer and --metrics: before anything else
     // kiln does (the dynamic loader and Rust's runtime set-up come before).
     let timeline = Arc::new(BootTimeline::starting_now());
-    env_logger::Builder::from_env(env_logger::Env::new().filter_or("KILN_LOG", "error")).init();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if e.use_stderr() => {
@@ -186,7 +196,18 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
     };
-    match cli.command {
+    let command = match cli.command {
+        Some(c) => c,
+        None if cli.api.given() => return api_cli::run(cli.api, &timeline),
+        None => {
+            return fail(
+                2,
+                "give a command (boot, exec, guest, bench) or --api-sock/--config-file (see kiln --help)",
+            )
+        }
+    };
+    env_logger::Builder::from_env(env_logger::Env::new().filter_or("KILN_LOG", "error")).init();
+    match command {
         Command::Guest => match kiln::default_guest::ensure() {
             Ok(guest) => {
                 println!("KERNEL={}", guest.kernel.display());
@@ -275,7 +296,7 @@ fn boot(mut args: BootArgs, timeline: &Arc<BootTimeline>, metrics: &mut Option<M
                 }
             }) as vmm::UserSpaceReport
         }),
-        stop: None,
+        ..BootHooks::default()
     };
     match vmm::run_vm_with(&config, io, hooks) {
         Ok(reason) => {

@@ -183,6 +183,33 @@ impl<'a> MetricsRecord<'a> {
     }
 }
 
+/// A running VM's record, one JSON line each time the API's metrics are
+/// flushed (periodically and on `FlushMetrics`).
+#[derive(Serialize)]
+pub struct SnapshotRecord<'a> {
+    utc_timestamp_ms: u64,
+    state: &'static str,
+    phases_us: PhasesUs<'a>,
+    cpu_user_us: u64,
+    cpu_sys_us: u64,
+}
+
+impl<'a> SnapshotRecord<'a> {
+    pub fn now(timeline: &'a BootTimeline, state: &'static str) -> Self {
+        let (cpu_user_us, cpu_sys_us) = cpu_time_us();
+        let utc_timestamp_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        Self {
+            utc_timestamp_ms,
+            state,
+            phases_us: PhasesUs(timeline),
+            cpu_user_us,
+            cpu_sys_us,
+        }
+    }
+}
+
 /// User and system CPU time of this process (all its threads), in µs.
 fn cpu_time_us() -> (u64, u64) {
     let Some(usage) = own_rusage() else {

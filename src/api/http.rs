@@ -50,8 +50,7 @@ impl Response {
 
     /// Firecracker's error body, `{"fault_message": "..."}`.
     pub fn fault(status: u16, message: impl AsRef<str>) -> Self {
-        let body = serde_json::json!({ "fault_message": message.as_ref() }).to_string();
-        Self::json(status, body)
+        Self::json(status, super::model::ApiError::json(message.as_ref()))
     }
 
     fn reason(&self) -> &'static str {

@@ -27,7 +27,10 @@ fn a_request_with_a_body_parses_and_the_query_is_dropped() {
         b"PUT /drives/rootfs?x=1 HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\n\r\nhello",
     );
     let (r, close) = request(&mut c);
-    assert_eq!((r.method.as_str(), r.path.as_str(), &r.body[..]), ("PUT", "/drives/rootfs", &b"hello"[..]));
+    assert_eq!(
+        (r.method.as_str(), r.path.as_str(), &r.body[..]),
+        ("PUT", "/drives/rootfs", &b"hello"[..])
+    );
     assert!(!close);
     assert_eq!(c.next_request(), Parsed::Incomplete);
 }
@@ -74,7 +77,10 @@ fn expect_continue_gets_100_once() {
 #[test]
 fn close_and_http_1_0_end_the_connection_after_the_reply() {
     let mut c = Connection::default();
-    feed(&mut c, b"GET / HTTP/1.1\r\nConnection: close\r\n\r\nGET / HTTP/1.1\r\n\r\n");
+    feed(
+        &mut c,
+        b"GET / HTTP/1.1\r\nConnection: close\r\n\r\nGET / HTTP/1.1\r\n\r\n",
+    );
     assert!(request(&mut c).1);
     assert!(c.closing);
     // Nothing after a close is served.
@@ -117,7 +123,10 @@ fn oversized_heads_bodies_and_chunked_bodies_are_refused() {
     assert_eq!(refused(&mut c).status, 501);
 
     let mut c = Connection::default();
-    feed(&mut c, b"PUT /vm HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n");
+    feed(
+        &mut c,
+        b"PUT /vm HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n",
+    );
     assert_eq!(refused(&mut c).status, 400);
 }
 

@@ -42,11 +42,18 @@ impl Client {
 
 /// Serves `listener` until `exit` is signalled, answering each request
 /// with `dispatch`.
-pub fn serve(listener: UnixListener, exit: &EventFd, mut dispatch: impl FnMut(Request) -> Response) -> io::Result<()> {
+pub fn serve(
+    listener: UnixListener,
+    exit: &EventFd,
+    mut dispatch: impl FnMut(Request) -> Response,
+) -> io::Result<()> {
     listener.set_nonblocking(true)?;
     let mut clients: Vec<Client> = Vec::new();
     loop {
-        let mut fds = vec![poll_fd(exit.as_raw_fd(), libc::POLLIN), poll_fd(listener.as_raw_fd(), libc::POLLIN)];
+        let mut fds = vec![
+            poll_fd(exit.as_raw_fd(), libc::POLLIN),
+            poll_fd(listener.as_raw_fd(), libc::POLLIN),
+        ];
         for c in &clients {
             // After the peer's end of file, only writing is left.
             let mut events = if c.eof { 0 } else { libc::POLLIN };
@@ -91,7 +98,10 @@ pub fn serve(listener: UnixListener, exit: &EventFd, mut dispatch: impl FnMut(Re
                 return true;
             }
             if c.conn.has_partial_request() && !c.conn.has_output() {
-                tell(&c.stream, &Response::fault(408, "the request did not arrive in time"));
+                tell(
+                    &c.stream,
+                    &Response::fault(408, "the request did not arrive in time"),
+                );
             }
             false
         });

@@ -36,7 +36,10 @@ fn start() -> Running {
     let thread = std::thread::spawn(move || {
         serve(listener, &e, |r| {
             s.fetch_add(1, Ordering::SeqCst);
-            Response::json(200, serde_json::json!({"m": r.method, "p": r.path, "n": r.body.len()}).to_string())
+            Response::json(
+                200,
+                serde_json::json!({"m": r.method, "p": r.path, "n": r.body.len()}).to_string(),
+            )
         })
     });
     Running {
@@ -82,7 +85,10 @@ fn requests_on_one_connection_are_answered_in_order() {
     let s = start();
     let mut c = UnixStream::connect(&s.path).unwrap();
     let r = exchange(&mut c, b"GET / HTTP/1.1\r\n\r\n");
-    assert!(r.starts_with("HTTP/1.1 200 OK") && r.contains(r#""p":"/""#), "{r}");
+    assert!(
+        r.starts_with("HTTP/1.1 200 OK") && r.contains(r#""p":"/""#),
+        "{r}"
+    );
     let r = exchange(&mut c, b"PUT /drives/a HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}");
     assert!(r.contains(r#""m":"PUT""#) && r.contains(r#""n":2"#), "{r}");
 }
@@ -92,7 +98,9 @@ fn a_stalled_client_does_not_hold_up_another() {
     let s = start();
     // Half a request, never finished.
     let mut stalled = UnixStream::connect(&s.path).unwrap();
-    stalled.write_all(b"PUT /vm HTTP/1.1\r\nContent-Length: 100\r\n\r\n{").unwrap();
+    stalled
+        .write_all(b"PUT /vm HTTP/1.1\r\nContent-Length: 100\r\n\r\n{")
+        .unwrap();
     // A client that never reads its replies.
     let mut deaf = UnixStream::connect(&s.path).unwrap();
     for _ in 0..50 {
@@ -108,7 +116,10 @@ fn garbage_gets_a_400_and_the_connection_closes() {
     let s = start();
     let mut c = UnixStream::connect(&s.path).unwrap();
     let r = exchange(&mut c, b"\x16\x03\x01 not http at all\r\n\r\n");
-    assert!(r.starts_with("HTTP/1.1 400") && r.contains("fault_message"), "{r}");
+    assert!(
+        r.starts_with("HTTP/1.1 400") && r.contains("fault_message"),
+        "{r}"
+    );
     let mut rest = Vec::new();
     c.read_to_end(&mut rest).unwrap();
     assert!(rest.is_empty());
@@ -119,7 +130,10 @@ fn garbage_gets_a_400_and_the_connection_closes() {
 fn a_huge_body_is_refused_without_reading_it() {
     let s = start();
     let mut c = UnixStream::connect(&s.path).unwrap();
-    let r = exchange(&mut c, b"PUT /drives/a HTTP/1.1\r\nContent-Length: 10000000\r\n\r\n");
+    let r = exchange(
+        &mut c,
+        b"PUT /drives/a HTTP/1.1\r\nContent-Length: 10000000\r\n\r\n",
+    );
     assert!(r.starts_with("HTTP/1.1 413"), "{r}");
 }
 
@@ -139,9 +153,13 @@ fn more_clients_than_the_limit_evict_the_idle_ones() {
 fn a_closed_peer_still_gets_its_answer_written() {
     let s = start();
     let mut c = UnixStream::connect(&s.path).unwrap();
-    c.write_all(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n").unwrap();
+    c.write_all(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n")
+        .unwrap();
     c.shutdown(std::net::Shutdown::Write).unwrap();
     let mut all = String::new();
     c.read_to_string(&mut all).unwrap();
-    assert!(all.starts_with("HTTP/1.1 200") && all.contains("Connection: close"), "{all}");
+    assert!(
+        all.starts_with("HTTP/1.1 200") && all.contains("Connection: close"),
+        "{all}"
+    );
 }

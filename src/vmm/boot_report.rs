@@ -23,7 +23,27 @@ pub struct BootHooks {
     /// Lets another thread stop the VM; `None`: only the guest (or, with
     /// `ConsoleIo::handle_signals`, a signal) stops it.
     pub stop: Option<super::StopHandle>,
+    /// Called on the VMM thread once the VM is built and its vCPUs started,
+    /// before the guest runs: gets what can change a running VM and may
+    /// return an event-loop subscriber that uses it (the API's).
+    pub on_running: Option<RunningHook>,
 }
+
+/// What can change a running VM from the VMM thread.
+pub struct RunningVm {
+    /// Disks and network cards by id.
+    pub devices: super::handles::DeviceHandles,
+    pub pause: crate::vstate::vcpu::PauseControl,
+    pub vcpus: crate::vstate::vcpu::VcpuKicker,
+    pub exit: crate::exit::ExitNotifier,
+    pub timeline: Arc<BootTimeline>,
+}
+
+/// See [`BootHooks::on_running`].
+pub type RunningHook = Box<
+    dyn FnOnce(RunningVm) -> Option<Arc<std::sync::Mutex<dyn event_manager::MutEventSubscriber + Send>>>
+        + Send,
+>;
 
 impl Default for BootHooks {
     /// A fresh timeline (origin: now) and no report.
@@ -32,6 +52,7 @@ impl Default for BootHooks {
             timeline: Arc::new(BootTimeline::starting_now()),
             on_user_space: None,
             stop: None,
+            on_running: None,
         }
     }
 }

@@ -21,11 +21,12 @@ use crate::seccomp::{self, SeccompError, ThreadKind};
 use crate::terminal::RawTerminal;
 use crate::timeline::Phase;
 use crate::vstate::memory::{resident_bytes, ProcSelfStatus};
-use crate::vstate::vcpu::{self, StartGate, VcpuHandle};
+use crate::vstate::vcpu::{self, PauseControl, StartGate, VcpuHandle, VcpuKicker};
 
-pub use boot_report::{BootHooks, UserSpaceReport};
+pub use boot_report::{BootHooks, RunningHook, RunningVm, UserSpaceReport};
 pub use builder::{BuildError, DeviceCounters};
 pub use handles::{BlockHandle, DeviceHandles, DeviceUpdateError, NetHandle};
+pub use signals::block_stop_signals;
 use signals::ExitWatcher;
 
 #[derive(Debug, thiserror::Error)]
@@ -139,7 +140,7 @@ pub fn run_vm(config: &VmConfig, io: ConsoleIo) -> Result<ExitReason, VmmError> 
 
 /// [`run_vm`], recording the boot's phases on `hooks.timeline` and
 /// reporting user space through `hooks.on_user_space`.
-pub fn run_vm_with(config: &VmConfig, io: ConsoleIo, hooks: BootHooks) -> Result<ExitReason, VmmError> {
+pub fn run_vm_with(config: &VmConfig, io: ConsoleIo, mut hooks: BootHooks) -> Result<ExitReason, VmmError> {
     config.validate()?;
     let ConsoleIo {
         output,
@@ -157,6 +158,7 @@ pub fn run_vm_with(config: &VmConfig, io: ConsoleIo, hooks: BootHooks) -> Result
     let watcher = ExitWatcher::new(exit.clone(), handle_signals).map_err(BuildError::Setup)?;
     let mut event_loop: EventLoop = EventManager::new().map_err(VmmError::EventLoop)?;
     let timeline = hooks.timeline.clone();
+    let on_running = hooks.on_running.take();
     let (boot_timer, reporter) = boot_report::user_space_wiring(hooks).map_err(BuildError::Setup)?;
     if let Some(reporter) = reporter {
         event_loop
@@ -175,17 +177,31 @@ pub fn run_vm_with(config: &VmConfig, io: ConsoleIo, hooks: BootHooks) -> Result
     let mut handles = Vec::with_capacity(vm.vcpus.len());
     let mut result = Ok(());
     let gate = StartGate::default();
+    let pause = PauseControl::default();
     // Opened now: under seccomp no file can be opened at the end.
     let proc_status = log::log_enabled!(log::Level::Debug)
         .then(ProcSelfStatus::open)
         .flatten();
     for v in vm.vcpus {
-        match VcpuHandle::spawn(v, stop.clone(), config.seccomp, gate.clone()) {
+        match VcpuHandle::spawn(v, stop.clone(), config.seccomp, gate.clone(), pause.clone()) {
             Ok(h) => handles.push(h),
             Err(e) => {
                 result = Err(VmmError::Thread(e));
                 break;
             }
+        }
+    }
+    let mut devices = Some(vm.devices);
+    if let (Some(hook), true) = (on_running, result.is_ok()) {
+        let running = RunningVm {
+            devices: devices.take().unwrap_or_default(),
+            pause: pause.clone(),
+            vcpus: VcpuKicker::new(&handles),
+            exit: exit.clone(),
+            timeline: timeline.clone(),
+        };
+        if let Some(subscriber) = hook(running) {
+            event_loop.add_subscriber(subscriber);
         }
     }
     // This thread's filter goes on after it started the vCPU threads (they
@@ -200,6 +216,8 @@ pub fn run_vm_with(config: &VmConfig, io: ConsoleIo, hooks: BootHooks) -> Result
         }
     }
     timeline.record(Phase::GuestExit);
+    // Parked vCPUs must wake to see the stop.
+    pause.resume();
     let left_behind = vcpu::stop_all(&stop, handles);
     // What the guest printed last goes out, with a bounded wait.
     crate::sync::lock(&vm.console).finish();
@@ -216,7 +234,7 @@ pub fn run_vm_with(config: &VmConfig, io: ConsoleIo, hooks: BootHooks) -> Result
     // The event loop (and the devices it holds) go before guest memory,
     // and so do the handles that reach the devices by id.
     drop(event_loop);
-    drop(vm.devices);
+    drop(devices);
     for device in &vm.counters {
         log::info!("{device}");
     }

@@ -17,9 +17,10 @@ pub struct ExitWatcher {
     signals: Option<File>,
 }
 
-/// Blocks the stop signals in this thread (threads started later inherit
-/// the mask) and returns a signalfd that reads them.
-fn stop_signal_fd() -> io::Result<File> {
+/// Blocks the stop signals in the calling thread (threads it starts
+/// later inherit the mask). A helper thread started before the VM (the
+/// API's) calls it so the signals go to the VMM thread's signalfd.
+pub fn block_stop_signals() -> io::Result<libc::sigset_t> {
     // SAFETY: sigemptyset/sigaddset initialise and fill a local set.
     let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
     // SAFETY: `set` is a valid, writable sigset_t.
@@ -33,6 +34,13 @@ fn stop_signal_fd() -> io::Result<File> {
     if rc != 0 {
         return Err(io::Error::from_raw_os_error(rc));
     }
+    Ok(set)
+}
+
+/// Blocks the stop signals in this thread and returns a signalfd that
+/// reads them.
+fn stop_signal_fd() -> io::Result<File> {
+    let set = block_stop_signals()?;
     // SAFETY: -1 asks for a new descriptor; `set` is initialised.
     let fd = unsafe { libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK) };
     if fd < 0 {

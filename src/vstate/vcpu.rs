@@ -63,8 +63,8 @@ pub struct Vcpu {
 
 impl Vcpu {
     /// Runs until the VM stops or `stop` is raised; records why through
-    /// the exit notifier.
-    pub fn run(mut self, stop: &AtomicBool) {
+    /// the exit notifier. Parks while `pause` asks.
+    pub fn run(mut self, stop: &AtomicBool, pause: &PauseControl) {
         let immediate_exit = &mut self.fd.get_kvm_run().immediate_exit as *mut u8;
         IMMEDIATE_EXIT.with(|p| p.set(immediate_exit));
         // Once per thread, before the loop: the first vCPU to get here wins.
@@ -72,6 +72,9 @@ impl Vcpu {
         // A device on this vCPU (i8042, ACPI) may have asked for the stop:
         // leave at once rather than halt in KVM_RUN until kicked.
         while !stop.load(Ordering::Acquire) && !self.exit.is_stopping() {
+            if pause.park_if_asked(stop) {
+                continue;
+            }
             if let Some(reason) = self.run_once() {
                 self.exit.notify(reason);
                 break;
@@ -199,6 +202,106 @@ impl StartGate {
     }
 }
 
+/// Pauses and resumes the vCPUs (Firecracker's `PATCH /vm`): asked, each
+/// vCPU thread parks between two KVM_RUNs (a kick gets it out of the
+/// guest) until resumed or stopped.
+#[derive(Clone, Default)]
+pub struct PauseControl(Arc<PauseInner>);
+
+#[derive(Default)]
+struct PauseInner {
+    asked: AtomicBool,
+    /// vCPU threads parked now.
+    parked: Mutex<usize>,
+    changed: Condvar,
+}
+
+impl PauseControl {
+    /// On a vCPU thread: parks while a pause is asked; true if it parked.
+    fn park_if_asked(&self, stop: &AtomicBool) -> bool {
+        if !self.0.asked.load(Ordering::Acquire) {
+            return false;
+        }
+        let mut parked = crate::sync::lock(&self.0.parked);
+        *parked += 1;
+        self.0.changed.notify_all();
+        while self.0.asked.load(Ordering::Acquire) && !stop.load(Ordering::Acquire) {
+            parked = self
+                .0
+                .changed
+                .wait(parked)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+        *parked -= 1;
+        self.0.changed.notify_all();
+        true
+    }
+
+    /// Asks every vCPU to park, kicks them out of the guest, and waits up
+    /// to `limit` until all `count` have; false if some did not.
+    pub fn pause(&self, vcpus: &VcpuKicker, limit: std::time::Duration) -> bool {
+        self.0.asked.store(true, Ordering::Release);
+        vcpus.kick_all();
+        let deadline = std::time::Instant::now() + limit;
+        let mut parked = crate::sync::lock(&self.0.parked);
+        while *parked < vcpus.len() {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            parked = self
+                .0
+                .changed
+                .wait_timeout(parked, left.min(std::time::Duration::from_millis(10)))
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .0;
+            // A kick that landed before KVM_RUN began is not lost (it sets
+            // immediate_exit), but one before the handler pointer was set
+            // is: kick again while waiting.
+            vcpus.kick_all();
+        }
+        true
+    }
+
+    /// Lets parked vCPUs run again (and unblocks them for a stop).
+    pub fn resume(&self) {
+        self.0.asked.store(false, Ordering::Release);
+        let _parked = crate::sync::lock(&self.0.parked);
+        self.0.changed.notify_all();
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.0.asked.load(Ordering::Acquire)
+    }
+}
+
+/// Kicks the VM's vCPU threads out of KVM_RUN from the VMM thread while
+/// the event loop runs (the threads are joined only after it ends).
+pub struct VcpuKicker(Vec<libc::pthread_t>);
+
+impl VcpuKicker {
+    pub fn new(handles: &[VcpuHandle]) -> Self {
+        use std::os::unix::thread::JoinHandleExt;
+        Self(handles.iter().map(|h| h.handle.as_pthread_t()).collect())
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn kick_all(&self) {
+        for &thread in &self.0 {
+            // SAFETY: the pthread_t of a thread not yet joined (see the
+            // type's doc) stays valid even once the thread has ended.
+            unsafe { libc::pthread_kill(thread, kick_signal()) };
+        }
+    }
+}
+
 /// A running vCPU thread.
 pub struct VcpuHandle {
     pub index: u8,
@@ -215,6 +318,7 @@ impl VcpuHandle {
         stop: Arc<AtomicBool>,
         seccomp: SeccompMode,
         gate: StartGate,
+        pause: PauseControl,
     ) -> std::io::Result<Self> {
         let index = vcpu.index;
         let handle = std::thread::Builder::new()
@@ -228,7 +332,7 @@ impl VcpuHandle {
                     return;
                 }
                 gate.wait();
-                vcpu.run(&stop)
+                vcpu.run(&stop, &pause)
             })?;
         Ok(Self { index, handle })
     }
