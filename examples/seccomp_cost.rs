@@ -14,7 +14,12 @@ fn median(mut v: Vec<Duration>) -> Duration {
 }
 
 fn main() {
-    for kind in [ThreadKind::Vmm, ThreadKind::Vcpu, ThreadKind::Api] {
+    for kind in [
+        ThreadKind::Vmm,
+        ThreadKind::Vcpu,
+        ThreadKind::Api,
+        ThreadKind::VmmWithApi,
+    ] {
         let (mut builds, mut installs) = (Vec::new(), Vec::new());
         let mut size = 0;
         for _ in 0..20 {

@@ -259,6 +259,7 @@ fn vmm_thread(
             },
         };
         config.seccomp = seccomp;
+        config.runtime_changes = true;
         let handover = Arc::new(Mutex::new(Some(Handover {
             inbox: inbox.take().expect("the inbox is here until the VM runs"),
             start: start_request.take(),

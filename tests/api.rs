@@ -339,3 +339,64 @@ fn version_names_a_firecracker_release_when_run_as_firecracker() {
     let out = Command::new(kiln()).arg("--version").output().unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("kiln "));
 }
+
+#[test]
+fn patch_drives_on_a_running_vm_swaps_the_image_under_seccomp() {
+    let dir = scratch("api-patch-drive");
+    let guest = ticking_guest(&dir);
+    let (first, second) = (dir.join("first.img"), dir.join("second.img"));
+    std::fs::write(&first, vec![1u8; 4096]).unwrap();
+    std::fs::write(&second, vec![2u8; 8192]).unwrap();
+    let api = start_api(&dir, &[]);
+    let boot = format!(r#"{{"kernel_image_path": "{}"}}"#, guest.display());
+    assert_eq!(call(&api.sock, "PUT", "/boot-source", &boot).0, 204);
+    assert_eq!(
+        call(
+            &api.sock,
+            "PUT",
+            "/machine-config",
+            r#"{"vcpu_count": 1, "mem_size_mib": 64}"#
+        )
+        .0,
+        204
+    );
+    let drive = format!(
+        r#"{{"drive_id": "data", "path_on_host": "{}", "is_root_device": false, "is_read_only": false, "rate_limiter": {{}}}}"#,
+        first.display()
+    );
+    assert_eq!(call(&api.sock, "PUT", "/drives/data", &drive).0, 204);
+    assert_eq!(
+        call(
+            &api.sock,
+            "PUT",
+            "/actions",
+            r#"{"action_type": "InstanceStart"}"#
+        )
+        .0,
+        204
+    );
+    assert!(wait_for_console_growth(&api, 0, Duration::from_secs(10)));
+
+    let patch = format!(
+        r#"{{"drive_id": "data", "path_on_host": "{}"}}"#,
+        second.display()
+    );
+    let (status, body) = call(&api.sock, "PATCH", "/drives/data", &patch);
+    assert_eq!(status, 204, "{body}");
+    let limits =
+        r#"{"drive_id": "data", "rate_limiter": {"bandwidth": {"size": 1048576, "refill_time": 1000}}}"#;
+    assert_eq!(call(&api.sock, "PATCH", "/drives/data", limits).0, 204);
+    let (status, body) = call(
+        &api.sock,
+        "PATCH",
+        "/drives/other",
+        r#"{"drive_id": "other", "path_on_host": "/x"}"#,
+    );
+    assert_eq!(status, 400, "{body}");
+    let missing = r#"{"drive_id": "data", "path_on_host": "/nonexistent/disk.img"}"#;
+    let (status, body) = call(&api.sock, "PATCH", "/drives/data", missing);
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("nonexistent"), "{body}");
+    // Still alive, still filtered.
+    assert_eq!(state(&api), "Running");
+}

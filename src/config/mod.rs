@@ -124,6 +124,9 @@ pub struct VmConfig {
     pub vsock: Option<VsockConfig>,
     /// Whether the VMM and vCPU threads run under their seccomp filters.
     pub seccomp: crate::seccomp::SeccompMode,
+    /// An API changes the VM while it runs (a drive's new image is opened
+    /// on the VMM thread, whose filter then allows that).
+    pub runtime_changes: bool,
 }
 
 impl VmConfig {
@@ -141,6 +144,7 @@ impl VmConfig {
             nets: Vec::new(),
             vsock: None,
             seccomp: crate::seccomp::SeccompMode::On,
+            runtime_changes: false,
         }
     }
 

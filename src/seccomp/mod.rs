@@ -33,6 +33,9 @@ pub enum ThreadKind {
     Vcpu,
     /// The HTTP API thread.
     Api,
+    /// The event loop of a VM an API changes while it runs: also opens a
+    /// drive's new image (`PATCH /drives`), existing files only.
+    VmmWithApi,
 }
 
 impl ThreadKind {
@@ -41,6 +44,7 @@ impl ThreadKind {
             ThreadKind::Vmm => "vmm",
             ThreadKind::Vcpu => "vcpu",
             ThreadKind::Api => "api",
+            ThreadKind::VmmWithApi => "vmm",
         }
     }
 
@@ -235,6 +239,7 @@ fn violation_line(kind: u8, nr: i64) -> Line {
         1 => b"vmm",
         2 => b"vcpu",
         3 => b"api",
+        4 => b"vmm",
         _ => b"unfiltered",
     });
     line.push(b" thread made a forbidden system call, ");

@@ -247,7 +247,12 @@ mod tests {
 
     #[test]
     fn the_tree_decides_every_call_as_seccompilers_chain_does() {
-        for kind in [ThreadKind::Vmm, ThreadKind::Vcpu, ThreadKind::Api] {
+        for kind in [
+            ThreadKind::Vmm,
+            ThreadKind::Vcpu,
+            ThreadKind::Api,
+            ThreadKind::VmmWithApi,
+        ] {
             let map: BTreeMap<_, _> = rules::rules(kind).into_iter().collect();
             let tree = compile(map.clone(), libc::SECCOMP_RET_TRAP);
             let chain: BpfProgram = SeccompFilter::new(

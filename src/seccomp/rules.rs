@@ -113,6 +113,13 @@ fn one(arg: u8, value: u64) -> SeccompRule {
     SeccompRule::new(vec![cond(arg, value)]).expect("a valid seccomp rule")
 }
 
+/// Argument `arg` has none of `bits` set.
+fn none_of(arg: u8, bits: u64) -> SeccompRule {
+    let c = SeccompCondition::new(arg, SeccompCmpArgLen::Dword, SeccompCmpOp::MaskedEq(bits), 0)
+        .expect("a valid seccomp condition");
+    SeccompRule::new(vec![c]).expect("a valid seccomp rule")
+}
+
 /// ioctl requests allowed for `kind`: argument 1 must be one of them.
 fn ioctls(kind: ThreadKind) -> Vec<u64> {
     // Terminal (console output and raw-mode restore) and non-blocking
@@ -128,7 +135,7 @@ fn ioctls(kind: ThreadKind) -> Vec<u64> {
     ];
     match kind {
         ThreadKind::Vcpu => v.push(KVM_RUN),
-        ThreadKind::Vmm => v.push(KVM_IRQ_LINE),
+        ThreadKind::Vmm | ThreadKind::VmmWithApi => v.push(KVM_IRQ_LINE),
         ThreadKind::Api => return vec![libc::FIONBIO, libc::FIONREAD],
     }
     // Tap offloads follow the driver's features: set at activation (a
@@ -139,29 +146,29 @@ fn ioctls(kind: ThreadKind) -> Vec<u64> {
 
 /// Every rule of `kind`'s filter.
 pub fn rules(kind: ThreadKind) -> Vec<Rule> {
+    let vmm = matches!(kind, ThreadKind::Vmm | ThreadKind::VmmWithApi);
     let extra: &[i64] = match kind {
         ThreadKind::Vmm => VMM,
+        ThreadKind::VmmWithApi => VMM,
         ThreadKind::Vcpu => &[],
         ThreadKind::Api => API,
     };
     let mut rules: Vec<Rule> = COMMON.iter().chain(extra).map(|&nr| (nr, vec![])).collect();
     // Memory for the allocator (glibc grows a thread's heap with
     // mprotect), never executable.
-    let no_exec = || {
-        let c = SeccompCondition::new(
-            2,
-            SeccompCmpArgLen::Dword,
-            SeccompCmpOp::MaskedEq(libc::PROT_EXEC as u64),
-            0,
-        )
-        .expect("a valid seccomp condition");
-        vec![SeccompRule::new(vec![c]).expect("a valid seccomp rule")]
-    };
-    rules.push((libc::SYS_mmap, no_exec()));
-    rules.push((libc::SYS_mprotect, no_exec()));
+    let no_exec = libc::PROT_EXEC as u64;
+    rules.push((libc::SYS_mmap, vec![none_of(2, no_exec)]));
+    rules.push((libc::SYS_mprotect, vec![none_of(2, no_exec)]));
     let requests = ioctls(kind).into_iter().map(|r| one(1, r)).collect();
     rules.push((libc::SYS_ioctl, requests));
-    if kind == ThreadKind::Vmm {
+    if kind == ThreadKind::VmmWithApi {
+        // A drive's new image: an existing file, never created, truncated
+        // or anonymous; then its lock.
+        let creates = libc::O_CREAT | libc::O_TRUNC | libc::O_TMPFILE;
+        rules.push((libc::SYS_openat, vec![none_of(2, creates as u64)]));
+        rules.push((libc::SYS_flock, vec![]));
+    }
+    if vmm {
         // Unix sockets only (SOCK_* flags may be or-ed into the type).
         rules.push((libc::SYS_socket, vec![one(0, libc::AF_UNIX as u64)]));
         // fork(2) as glibc makes it (a process, never a thread), for the

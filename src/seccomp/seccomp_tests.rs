@@ -3,7 +3,12 @@ use std::os::fd::{FromRawFd, OwnedFd};
 
 use super::*;
 
-const KINDS: [ThreadKind; 3] = [ThreadKind::Vmm, ThreadKind::Vcpu, ThreadKind::Api];
+const KINDS: [ThreadKind; 4] = [
+    ThreadKind::Vmm,
+    ThreadKind::Vcpu,
+    ThreadKind::Api,
+    ThreadKind::VmmWithApi,
+];
 
 /// What a forked child did after installing `kind`'s filter and running
 /// `attempt`: its exit status (the code, or 1000 + the signal) and what it
@@ -76,6 +81,35 @@ fn open_new_path() {
             libc::O_RDONLY,
         )
     };
+}
+
+fn create_file() {
+    // SAFETY: a constant path; refused before the kernel acts.
+    unsafe {
+        libc::syscall(
+            libc::SYS_openat,
+            libc::AT_FDCWD,
+            c"/tmp/kiln-seccomp-should-not-exist".as_ptr(),
+            libc::O_WRONLY | libc::O_CREAT,
+            0o600,
+        )
+    };
+}
+
+/// Opens an existing file and locks it, then says so.
+fn open_existing_and_lock() {
+    // SAFETY: a constant path; the descriptor is only locked and closed.
+    unsafe {
+        let fd = libc::syscall(
+            libc::SYS_openat,
+            libc::AT_FDCWD,
+            c"/proc/self/stat".as_ptr(),
+            libc::O_RDONLY,
+        );
+        libc::syscall(libc::SYS_flock, fd, libc::LOCK_SH | libc::LOCK_NB);
+        libc::syscall(libc::SYS_close, fd);
+        libc::syscall(libc::SYS_write, 2, c"opened".as_ptr(), 6);
+    }
 }
 
 fn inet_socket() {
@@ -152,7 +186,9 @@ fn every_filter_builds_and_says_how_many_calls_it_allows() {
 
 #[test]
 fn forbidden_calls_stop_the_process_with_one_line_naming_them() {
-    let cases: [(ThreadKind, fn(), &str); 10] = [
+    let cases: [(ThreadKind, fn(), &str); 12] = [
+        (ThreadKind::VmmWithApi, create_file, "openat (257)"),
+        (ThreadKind::VmmWithApi, execve, "execve (59)"),
         (ThreadKind::Vmm, executable_mapping, "mmap (9)"),
         (ThreadKind::Vcpu, executable_mapping, "mmap (9)"),
         (ThreadKind::Vmm, execve, "execve (59)"),
@@ -184,6 +220,15 @@ fn everyday_calls_pass_every_filter() {
         let (code, err) = in_filtered_child(kind, everyday_calls);
         assert_eq!((code, err.as_str()), (0, "alive"), "{}", kind.name());
     }
+}
+
+#[test]
+fn an_api_driven_vmm_opens_existing_files_only() {
+    let (code, err) = in_filtered_child(ThreadKind::VmmWithApi, open_existing_and_lock);
+    assert_eq!((code, err.as_str()), (0, "opened"));
+    let (code, _) = in_filtered_child(ThreadKind::Vmm, open_existing_and_lock);
+    assert_eq!(code, VIOLATION_EXIT_CODE);
+    assert!(!std::path::Path::new("/tmp/kiln-seccomp-should-not-exist").exists());
 }
 
 #[test]

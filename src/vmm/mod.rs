@@ -207,7 +207,12 @@ pub fn run_vm_with(config: &VmConfig, io: ConsoleIo, mut hooks: BootHooks) -> Re
     // This thread's filter goes on after it started the vCPU threads (they
     // must not inherit it) and before any of them enters the guest.
     if result.is_ok() {
-        result = seccomp::install(ThreadKind::Vmm, config.seccomp).map_err(VmmError::Seccomp);
+        let kind = if config.runtime_changes {
+            ThreadKind::VmmWithApi
+        } else {
+            ThreadKind::Vmm
+        };
+        result = seccomp::install(kind, config.seccomp).map_err(VmmError::Seccomp);
     }
     gate.open();
     while result.is_ok() && exit.reason().is_none() {
