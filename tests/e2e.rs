@@ -353,6 +353,9 @@ const SCENARIOS: &[&str] = &[
     "jail-memory-limit",
     "jail-exec",
     "jail-sandbox-library",
+    "api-kata-config",
+    "api-put-sequence",
+    "api-rate-limit",
     "bench-boot",
 ];
 
@@ -423,6 +426,8 @@ fn run_once(a: &HashMap<String, PathBuf>, rootfs: &Path, only: &str) -> (String,
             .arg(file(&suite.with_file_name("lockdown.sh"), "lockdown.sh"))
             .arg("--file")
             .arg(file(&suite.with_file_name("bench.sh"), "bench.sh"))
+            .arg("--file")
+            .arg(file(&suite.with_file_name("api.sh"), "api.sh"))
             .args([
                 "--keep-libs-of",
                 "mkfs.ext4",
@@ -788,4 +793,19 @@ fn exec_in_a_jail_passes_output_and_status_through() {
 #[test]
 fn sandbox_library_runs_its_microvm_in_a_jail() {
     check("jail-sandbox-library");
+}
+
+#[test]
+fn api_kata_config_file_boots_and_patch_drives_gives_the_guest_a_new_medium() {
+    check("api-kata-config");
+}
+
+#[test]
+fn api_put_sequence_boots_and_send_ctrl_alt_del_ends_kiln_with_0() {
+    check("api-put-sequence");
+}
+
+#[test]
+fn api_rate_limited_drive_reads_within_10_percent_of_its_limit() {
+    check("api-rate-limit");
 }

@@ -645,6 +645,7 @@ if wanted sandbox-library; then
 fi
 
 . "${0%/*}/lockdown.sh"
+. "${0%/*}/api.sh"
 . "${0%/*}/bench.sh"
 
 # ---- Networking (issue 8). A bridge with an address in the (nested) host,

@@ -3,6 +3,7 @@
 
 mod bench;
 mod checks;
+mod http;
 mod pty;
 mod run_as;
 mod serve;
@@ -55,6 +56,8 @@ Sizes take K, M or G (binary) suffixes. Times are seconds.
       terminal), copy what it writes to stdout, exit with its status.
   run-as UID GID -- CMD [ARGS...]
       drop supplementary groups, then become GID and UID, and exec CMD.
+  http SOCK METHOD PATH [BODY]
+      one HTTP request to a Unix socket; prints `STATUS BODY` on one line.
 Exit status: 0 done/passed, 1 failed (one line on stderr), 2 usage error.";
 
 /// One parsed command line.
@@ -386,6 +389,9 @@ fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().skip(1).collect();
     if argv.first().map(String::as_str) == Some("pty-run") {
         return pty_main(&argv[1..]);
+    }
+    if argv.first().map(String::as_str) == Some("http") {
+        return http::main(&argv[1..]);
     }
     if argv.first().map(String::as_str) == Some("run-as") {
         let why = match run_as::parse(&argv[1..]) {
