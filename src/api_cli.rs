@@ -53,7 +53,7 @@ pub struct ApiArgs {
     /// Log level: Error (default), Warning, Info, Debug, Trace or Off.
     #[arg(long, value_name = "LEVEL")]
     level: Option<String>,
-    /// Write the log to this file or FIFO instead of stderr.
+    /// Write the log to this file or FIFO (it must exist) instead of stderr.
     #[arg(long, value_name = "PATH")]
     log_path: Option<PathBuf>,
     /// Print the version (`Firecracker vX.Y.Z (kiln ...)` when kiln is run

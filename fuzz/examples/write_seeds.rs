@@ -545,6 +545,27 @@ fn disk_spec_seeds() {
     }
 }
 
+/// api_request: each request behind one piece-length byte (255: as much
+/// as the read takes), as `Pieces` in the target reads them.
+fn api_request_seeds() {
+    let drive = r#"{"drive_id":"rootfs","path_on_host":"/r","is_root_device":true,"is_read_only":false}"#;
+    for (name, request) in [
+        ("get", "GET / HTTP/1.1\r\n\r\n".to_string()),
+        (
+            "put-drive",
+            format!("PUT /drives/rootfs HTTP/1.1\r\nContent-Length: {}\r\n\r\n{drive}", drive.len()),
+        ),
+        (
+            "pipelined",
+            "GET /version HTTP/1.1\r\n\r\nPATCH /vm HTTP/1.1\r\nContent-Length: 18\r\n\r\n{\"state\":\"Paused\"}".to_string(),
+        ),
+    ] {
+        let mut bytes = vec![255u8];
+        bytes.extend_from_slice(request.as_bytes());
+        write("api_request", name, &bytes);
+    }
+}
+
 fn main() {
     let mem = kiln_fuzz::guest_memory();
     let offered = kiln_fuzz::active_scratch_disk(4096, &mem)
@@ -556,6 +577,7 @@ fn main() {
     loader_seeds();
     disk_spec_seeds();
     net_seeds();
+    api_request_seeds();
 }
 
 /// Writes one whole input of a target read with `arbitrary_take_rest`.

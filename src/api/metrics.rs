@@ -28,7 +28,7 @@ pub struct MetricsSink {
 }
 
 impl MetricsSink {
-    /// Opens `path` (created if missing; an existing FIFO is used as is).
+    /// Opens `path`, an existing file or FIFO.
     pub fn open(path: &Path) -> io::Result<Self> {
         let file = super::open_sink(path)?;
         Ok(Self {
@@ -99,6 +99,8 @@ mod tests {
     fn lines_go_to_a_file() {
         let dir = TempDir::new().unwrap();
         let path = dir.as_path().join("m.json");
+        assert!(MetricsSink::open(&path).is_err(), "created a file");
+        std::fs::write(&path, b"").unwrap();
         let mut sink = MetricsSink::open(&path).unwrap();
         let timeline = BootTimeline::starting_now();
         sink.flush(&timeline, InstanceState::Running).unwrap();

@@ -20,14 +20,21 @@ use std::fs::{File, OpenOptions};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
-/// Opens a log or metrics destination: a file (created if missing) or an
-/// orchestrator's FIFO. Read-write and non-blocking, so neither the open
-/// (no reader yet) nor a write (a reader that stopped) ever blocks.
+/// Opens a log or metrics destination: an existing file or an
+/// orchestrator's FIFO (as Firecracker, kiln creates none: an API client
+/// must not make files appear where kiln may write). Read-write and
+/// non-blocking, so neither the open (no reader yet) nor a write (a reader
+/// that stopped) ever blocks.
 pub(crate) fn open_sink(path: &Path) -> std::io::Result<File> {
     OpenOptions::new()
         .read(true)
         .append(true)
-        .create(true)
         .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
         .open(path)
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => {
+                std::io::Error::new(e.kind(), "it does not exist; create it (a file or a FIFO) first")
+            }
+            _ => e,
+        })
 }

@@ -128,6 +128,7 @@ if wanted api-put-sequence; then
   d=$SCRATCH/api-put; rm -rf "$d"; mkdir -p "$d"
   sock=$d/api.sock
   script='echo KILN-WAITING-FOR-CAD; exec sleep 1000'
+  : >"$d/log.txt"; : >"$d/metrics.json"
   api_start $n "$sock"
   start=$(now)
   steps=
