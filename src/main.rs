@@ -276,6 +276,7 @@ fn boot(mut args: BootArgs, timeline: &Arc<BootTimeline>, metrics: &mut Option<M
             }) as vmm::UserSpaceReport
         }),
         stop: None,
+        device_calls: None,
     };
     match vmm::run_vm_with(&config, io, hooks) {
         Ok(reason) => {

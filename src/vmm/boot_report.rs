@@ -23,6 +23,9 @@ pub struct BootHooks {
     /// Lets another thread stop the VM; `None`: only the guest (or, with
     /// `ConsoleIo::handle_signals`, a signal) stops it.
     pub stop: Option<super::StopHandle>,
+    /// Lets another thread reach the running VM's devices (through the
+    /// [`super::DeviceCaller`] made with this queue).
+    pub device_calls: Option<super::DeviceCallQueue>,
 }
 
 impl Default for BootHooks {
@@ -32,6 +35,7 @@ impl Default for BootHooks {
             timeline: Arc::new(BootTimeline::starting_now()),
             on_user_space: None,
             stop: None,
+            device_calls: None,
         }
     }
 }

@@ -3,6 +3,7 @@
 
 mod boot_report;
 mod builder;
+mod device_calls;
 mod handles;
 mod signals;
 mod teardown;
@@ -25,7 +26,8 @@ use crate::vstate::vcpu::{self, StartGate, VcpuHandle};
 
 pub use boot_report::{BootHooks, UserSpaceReport};
 pub use builder::{BuildError, DeviceCounters};
-pub use handles::{BlockHandle, DeviceHandles, DeviceUpdateError, NetHandle};
+pub use device_calls::{device_calls, DeviceCall, DeviceCallError, DeviceCallQueue, DeviceCaller};
+pub use handles::{BlockHandle, DeviceHandles, DeviceUpdateError, I8042Handle, NetHandle};
 use signals::ExitWatcher;
 
 #[derive(Debug, thiserror::Error)]
@@ -139,7 +141,7 @@ pub fn run_vm(config: &VmConfig, io: ConsoleIo) -> Result<ExitReason, VmmError> 
 
 /// [`run_vm`], recording the boot's phases on `hooks.timeline` and
 /// reporting user space through `hooks.on_user_space`.
-pub fn run_vm_with(config: &VmConfig, io: ConsoleIo, hooks: BootHooks) -> Result<ExitReason, VmmError> {
+pub fn run_vm_with(config: &VmConfig, io: ConsoleIo, mut hooks: BootHooks) -> Result<ExitReason, VmmError> {
     config.validate()?;
     let ConsoleIo {
         output,
@@ -157,6 +159,7 @@ pub fn run_vm_with(config: &VmConfig, io: ConsoleIo, hooks: BootHooks) -> Result
     let watcher = ExitWatcher::new(exit.clone(), handle_signals).map_err(BuildError::Setup)?;
     let mut event_loop: EventLoop = EventManager::new().map_err(VmmError::EventLoop)?;
     let timeline = hooks.timeline.clone();
+    let device_calls = hooks.device_calls.take();
     let (boot_timer, reporter) = boot_report::user_space_wiring(hooks).map_err(BuildError::Setup)?;
     if let Some(reporter) = reporter {
         event_loop
@@ -166,8 +169,13 @@ pub fn run_vm_with(config: &VmConfig, io: ConsoleIo, hooks: BootHooks) -> Result
         timeline: timeline.clone(),
         boot_timer,
     };
-    let vm = builder::build(config, output, input, &exit, &mut event_loop, instruments)?;
+    let mut vm = builder::build(config, output, input, &exit, &mut event_loop, instruments)?;
     event_loop.add_subscriber(Arc::new(Mutex::new(watcher)) as Arc<Mutex<dyn MutEventSubscriber + Send>>);
+    if let Some(queue) = device_calls {
+        // The runner owns the handles from now on; they go with the loop.
+        let runner = device_calls::DeviceCallRunner::new(queue, std::mem::take(&mut vm.devices));
+        event_loop.add_subscriber(Arc::new(Mutex::new(runner)) as Arc<Mutex<dyn MutEventSubscriber + Send>>);
+    }
 
     vcpu::install_kick_handler().map_err(BuildError::Setup)?;
     let stop = Arc::new(AtomicBool::new(false));
