@@ -76,7 +76,12 @@ impl ApiRuntime {
                 )
                 .map(|()| None)
                 .map_err(|e| e.to_string()),
-            VmmAction::SendCtrlAltDel => Err("SendCtrlAltDel is not available yet".to_string()),
+            VmmAction::SendCtrlAltDel => self
+                .vm
+                .devices
+                .send_ctrl_alt_del()
+                .map(|()| None)
+                .map_err(|e| e.to_string()),
             VmmAction::FlushMetrics => match &mut self.metrics {
                 Some(sink) => sink
                     .flush(&self.vm.timeline, state_of(&self.vm))

@@ -27,6 +27,9 @@ pub struct BootHooks {
     /// before the guest runs: gets what can change a running VM and may
     /// return an event-loop subscriber that uses it (the API's).
     pub on_running: Option<RunningHook>,
+    /// Lets another thread reach the running VM's devices (through the
+    /// [`super::DeviceCaller`] made with this queue).
+    pub device_calls: Option<super::DeviceCallQueue>,
 }
 
 /// What can change a running VM from the VMM thread.
@@ -53,6 +56,7 @@ impl Default for BootHooks {
             on_user_space: None,
             stop: None,
             on_running: None,
+            device_calls: None,
         }
     }
 }

@@ -27,7 +27,7 @@ use crate::devices::legacy::console_output::{console_output, ConsoleWriter};
 use crate::devices::legacy::host_output::HostOutput;
 use crate::devices::legacy::i8042::I8042Device;
 use crate::devices::legacy::pvpanic::PvPanicDevice;
-use crate::devices::legacy::serial::{SerialDevice, SerialHandler};
+use crate::devices::legacy::serial::{EventFdTrigger, SerialDevice, SerialHandler};
 use crate::devices::virtio::block::BlockDevice;
 use crate::devices::virtio::block::BlockError;
 use crate::devices::virtio::net::{NetCounters, NetDevice, NetDeviceError};
@@ -118,7 +118,8 @@ pub struct BuiltVm {
     /// Live counters of the devices that keep them: network cards in
     /// `--net` order, then the vsock device.
     pub counters: Vec<DeviceCounters>,
-    /// Disks and network cards by id, for changes while the VM runs.
+    /// Disks and network cards by id, and the i8042, for changes while
+    /// the VM runs.
     pub devices: DeviceHandles,
 }
 
@@ -242,13 +243,14 @@ fn attach_virtio_devices(
 }
 
 /// Port I/O devices: COM1, i8042, pvpanic, ACPI sleep/reset register.
-/// Returns the bus and the console's writer.
+/// Returns the bus and the console's writer, and gives `handles` the i8042.
 fn legacy_devices(
     vm: &VmFd,
     output: OwnedFd,
     input: Option<Box<dyn ConsoleInput>>,
     exit: &ExitNotifier,
     event_loop: &mut EventLoop,
+    handles: &mut DeviceHandles,
 ) -> Result<(Bus, Arc<Mutex<ConsoleWriter>>), BuildError> {
     let mut pio = Bus::new();
     let irq = EventFd::new(EFD_NONBLOCK).map_err(BuildError::Setup)?;
@@ -263,12 +265,17 @@ fn legacy_devices(
     pio.insert(u64::from(layout::COM1_PORT), 8, serial.clone())?;
     let handler = SerialHandler::new(serial, input, drained);
     event_loop.add_subscriber(Arc::new(Mutex::new(handler)) as Arc<Mutex<dyn MutEventSubscriber + Send>>);
+    // The keyboard's IRQ 1, as COM1's: an irqfd.
+    let kbd_irq = EventFd::new(EFD_NONBLOCK).map_err(BuildError::Setup)?;
+    vm.register_irqfd(&kbd_irq, layout::I8042_IRQ)
+        .map_err(kvm_op("attach the keyboard interrupt"))?;
+    let i8042 = Arc::new(Mutex::new(I8042Device::new(
+        exit.clone(),
+        Box::new(EventFdTrigger(kbd_irq)),
+    )));
+    handles.set_i8042(i8042.clone());
     let devices: [(u16, u64, SharedDevice); 3] = [
-        (
-            layout::I8042_PORT,
-            I8042Device::WINDOW_LEN,
-            Arc::new(Mutex::new(I8042Device::new(exit.clone()))),
-        ),
+        (layout::I8042_PORT, I8042Device::WINDOW_LEN, i8042),
         (
             layout::PVPANIC_PORT,
             1,
@@ -387,10 +394,10 @@ pub fn build(
         ..Default::default()
     };
     vm.create_pit2(pit).map_err(kvm_op("create the PIT"))?;
-    let (pio_bus, console) = legacy_devices(&vm, output, input, exit, event_loop)?;
+    let mut handles = DeviceHandles::default();
+    let (pio_bus, console) = legacy_devices(&vm, output, input, exit, event_loop, &mut handles)?;
     let mut virtio = MmioDevices::new(&vm, &memory, event_loop);
     let mut counters = Vec::new();
-    let mut handles = DeviceHandles::default();
     attach_virtio_devices(config, &mut virtio, &mut counters, &mut handles)?;
     let (mut mmio_bus, slots) = virtio.finish();
     // Always there (a page of address space, no state worth mentioning):

@@ -1,21 +1,25 @@
 //! The running VM's devices by id, for the changes an API makes while the
 //! guest runs (Firecracker's `PATCH /drives/{id}` and
-//! `PATCH /network-interfaces/{id}`). Use on the VMM thread: each call
-//! takes the device's transport lock for one short change, as a queue pass
-//! does.
+//! `PATCH /network-interfaces/{id}`), and its keyboard controller (its
+//! `SendCtrlAltDel` action). Use on the VMM thread: each call takes the
+//! device's lock for one short change, as a queue pass does.
 
 use crate::backends::tap::TapBackend;
+use crate::devices::legacy::i8042::{I8042Device, I8042Error};
 use crate::devices::virtio::block::{BlockDevice, BlockError};
 use crate::devices::virtio::net::NetDevice;
 use crate::devices::virtio::SharedTransport;
 use crate::rate_limiter::{RateLimitConfigError, RateLimiterConfig};
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 /// A disk behind its transport.
 pub type BlockHandle = SharedTransport<BlockDevice>;
 /// A network card behind its transport.
 pub type NetHandle = SharedTransport<NetDevice<TapBackend>>;
+/// The i8042, shared with the port bus.
+pub type I8042Handle = Arc<Mutex<I8042Device>>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceUpdateError {
@@ -31,17 +35,37 @@ pub enum DeviceUpdateError {
         id: String,
         source: RateLimitConfigError,
     },
+    #[error("this VM has no i8042 keyboard controller to send Ctrl+Alt+Del to")]
+    NoI8042,
+    #[error("cannot send Ctrl+Alt+Del: {0}")]
+    I8042(#[from] I8042Error),
 }
 
 /// Disks and network cards by id (devices added without an id cannot be
-/// changed at run time).
-#[derive(Default)]
+/// changed at run time), and the keyboard controller. Cloning shares
+/// the devices.
+#[derive(Default, Clone)]
 pub struct DeviceHandles {
     drives: BTreeMap<String, BlockHandle>,
     nets: BTreeMap<String, NetHandle>,
+    i8042: Option<I8042Handle>,
 }
 
 impl DeviceHandles {
+    pub fn set_i8042(&mut self, handle: I8042Handle) {
+        self.i8042 = Some(handle);
+    }
+
+    /// Presses Ctrl+Alt+Del on the guest's keyboard (Firecracker's
+    /// `SendCtrlAltDel`). A Linux guest with the AT keyboard driver passes
+    /// it to init, which reboots; with `reboot=k` kiln then exits as for
+    /// any reset. Fails only if the guest left earlier presses unread.
+    pub fn send_ctrl_alt_del(&self) -> Result<(), DeviceUpdateError> {
+        let i8042 = self.i8042.as_ref().ok_or(DeviceUpdateError::NoI8042)?;
+        crate::sync::lock(i8042).trigger_ctrl_alt_del()?;
+        Ok(())
+    }
+
     pub fn add_drive(&mut self, id: String, handle: BlockHandle) {
         self.drives.insert(id, handle);
     }

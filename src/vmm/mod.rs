@@ -3,6 +3,7 @@
 
 mod boot_report;
 mod builder;
+mod device_calls;
 mod handles;
 mod signals;
 mod teardown;
@@ -25,7 +26,8 @@ use crate::vstate::vcpu::{self, PauseControl, StartGate, VcpuHandle, VcpuKicker}
 
 pub use boot_report::{BootHooks, RunningHook, RunningVm, UserSpaceReport};
 pub use builder::{BuildError, DeviceCounters};
-pub use handles::{BlockHandle, DeviceHandles, DeviceUpdateError, NetHandle};
+pub use device_calls::{device_calls, DeviceCall, DeviceCallError, DeviceCallQueue, DeviceCaller};
+pub use handles::{BlockHandle, DeviceHandles, DeviceUpdateError, I8042Handle, NetHandle};
 pub use signals::block_stop_signals;
 use signals::ExitWatcher;
 
@@ -159,6 +161,7 @@ pub fn run_vm_with(config: &VmConfig, io: ConsoleIo, mut hooks: BootHooks) -> Re
     let mut event_loop: EventLoop = EventManager::new().map_err(VmmError::EventLoop)?;
     let timeline = hooks.timeline.clone();
     let on_running = hooks.on_running.take();
+    let device_calls = hooks.device_calls.take();
     let (boot_timer, reporter) = boot_report::user_space_wiring(hooks).map_err(BuildError::Setup)?;
     if let Some(reporter) = reporter {
         event_loop
@@ -170,6 +173,11 @@ pub fn run_vm_with(config: &VmConfig, io: ConsoleIo, mut hooks: BootHooks) -> Re
     };
     let vm = builder::build(config, output, input, &exit, &mut event_loop, instruments)?;
     event_loop.add_subscriber(Arc::new(Mutex::new(watcher)) as Arc<Mutex<dyn MutEventSubscriber + Send>>);
+    if let Some(queue) = device_calls {
+        // The runner's handles go with the loop.
+        let runner = device_calls::DeviceCallRunner::new(queue, vm.devices.clone());
+        event_loop.add_subscriber(Arc::new(Mutex::new(runner)) as Arc<Mutex<dyn MutEventSubscriber + Send>>);
+    }
 
     vcpu::install_kick_handler().map_err(BuildError::Setup)?;
     let stop = Arc::new(AtomicBool::new(false));
