@@ -137,15 +137,18 @@ pub fn run(args: ApiArgs, timeline: &Arc<BootTimeline>) -> ExitCode {
     } else {
         SeccompMode::On
     };
-    let socket = match (&args.api_sock, args.no_api) {
+    let api = match (&args.api_sock, args.no_api) {
         (Some(path), false) => match start_api_thread(path, sender, seccomp) {
-            Ok(()) => Some(SocketFile(path.clone())),
+            Ok(thread) => Some((thread, SocketFile(path.clone()))),
             Err(e) => return fail(1, e),
         },
         _ => None,
     };
     let code = vmm_thread(preboot, inbox, start_now, seccomp, args.boot_timer, timeline);
-    drop(socket);
+    if let Some((thread, socket)) = api {
+        thread.stop();
+        drop(socket);
+    }
     code
 }
 
@@ -176,7 +179,26 @@ fn read_config_file(path: &Path) -> Result<ConfigParts, String> {
     Ok((file.resources, file.logger, file.metrics))
 }
 
-fn start_api_thread(path: &Path, sender: ApiSender, seccomp: SeccompMode) -> Result<(), String> {
+/// The API thread, for the end of kiln: `stop` asks it to write the
+/// replies it holds and return.
+struct ApiThread {
+    exit: EventFd,
+    handle: std::thread::JoinHandle<()>,
+}
+
+impl ApiThread {
+    /// Lets the thread flush what it holds (bounded: it never waits on a
+    /// client), so a reply the VMM just made is not cut off by the exit.
+    fn stop(self) {
+        let _ = self.exit.write(1);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_millis(200);
+        while !self.handle.is_finished() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+}
+
+fn start_api_thread(path: &Path, sender: ApiSender, seccomp: SeccompMode) -> Result<ApiThread, String> {
     let listener = UnixListener::bind(path).map_err(|e| {
         format!(
             "cannot listen on the API socket {}: {e}{}",
@@ -188,9 +210,11 @@ fn start_api_thread(path: &Path, sender: ApiSender, seccomp: SeccompMode) -> Res
             }
         )
     })?;
-    // Never signalled: the API thread lives as long as kiln.
     let exit = EventFd::new(EFD_NONBLOCK).map_err(|e| format!("cannot set up the API thread: {e}"))?;
-    std::thread::Builder::new()
+    let thread_exit = exit
+        .try_clone()
+        .map_err(|e| format!("cannot set up the API thread: {e}"))?;
+    let handle = std::thread::Builder::new()
         .name("kiln-api".into())
         .spawn(move || {
             // SIGTERM and the like are the VMM thread's to handle (its
@@ -203,16 +227,17 @@ fn start_api_thread(path: &Path, sender: ApiSender, seccomp: SeccompMode) -> Res
                 log::error!("{e}");
                 return;
             }
-            let served = kiln::api::server::serve(listener, &exit, |request| match routes::route(&request) {
-                Routed::Now(response) => response,
-                Routed::Action(a) => sender.call(a),
-            });
+            let served =
+                kiln::api::server::serve(listener, &thread_exit, |request| match routes::route(&request) {
+                    Routed::Now(response) => response,
+                    Routed::Action(a) => sender.call(a),
+                });
             if let Err(e) = served {
                 log::error!("the API server stopped: {e}");
             }
         })
         .map_err(|e| format!("cannot start the API thread: {e}"))?;
-    Ok(())
+    Ok(ApiThread { exit, handle })
 }
 
 /// What the running VM's API subscriber takes over from the pre-boot loop.

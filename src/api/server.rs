@@ -41,7 +41,7 @@ impl Client {
 }
 
 /// Serves `listener` until `exit` is signalled, answering each request
-/// with `dispatch`.
+/// with `dispatch`; replies already made are written before it returns.
 pub fn serve(
     listener: UnixListener,
     exit: &EventFd,
@@ -79,6 +79,12 @@ pub fn serve(
             return Err(e);
         }
         if fds[0].revents != 0 {
+            // Replies already made (an InstanceStart's 204 for a guest
+            // that stopped at once) still go out, as far as sockets take
+            // them without waiting.
+            for c in &mut clients {
+                let _ = c.conn.write_to(&mut c.stream);
+            }
             return Ok(());
         }
         // Clients first (their indices match `fds`), then new ones.
