@@ -129,7 +129,7 @@ if wanted api-put-sequence; then
   sock=$d/api.sock
   script='echo KILN-WAITING-FOR-CAD; exec sleep 1000'
   : >"$d/log.txt"; : >"$d/metrics.json"
-  api_start $n "$sock"
+  api_start $n "$sock" --boot-timer
   start=$(now)
   steps=
   step() { s=$(api_status "$sock" "$@"); steps="$steps $2=$s"; [ "$s" = 204 ]; }
@@ -140,8 +140,16 @@ if wanted api-put-sequence; then
   step PUT /drives/rootfs "{\"drive_id\":\"rootfs\",\"path_on_host\":\"$ROOTFS\",\"is_root_device\":false,\"is_read_only\":true}" &&
   step PUT /network-interfaces/eth0 '{"iface_id":"eth0","host_dev_name":"tapput0","guest_mac":"02:fc:00:00:00:06"}' &&
   step PUT /vsock "{\"guest_cid\":3,\"uds_path\":\"$d/v.sock\"}" &&
+  t_start=$(now) &&
   step PUT /actions '{"action_type":"InstanceStart"}'
   ok=$?
+  # InstanceStart to the guest's boot-timer write (kiln's --boot-timer line).
+  to_user=-
+  i=0
+  while [ "$ok" = 0 ] && [ "$i" -lt 600 ]; do
+    if grep -q 'user space reached' "$OUT/$n.err"; then to_user=$(elapsed "$t_start" "$(now)"); break; fi
+    sleep 0.1; i=$((i + 1))
+  done
   cad=-
   if [ "$ok" = 0 ] && wait_for $n KILN-WAITING-FOR-CAD "$GUEST_TIMEOUT"; then
     cad=$(api_status "$sock" PUT /actions '{"action_type":"SendCtrlAltDel"}')
@@ -152,7 +160,7 @@ if wanted api-put-sequence; then
   elif [ "$cad" != 204 ]; then fail $n "SendCtrlAltDel gave $cad (steps:$steps)"
   elif [ "$status" != 0 ]; then fail $n "kiln did not exit 0 after SendCtrlAltDel: status=$status $(tail -n 2 "$OUT/$n.log" | tr '\n' ' ')"
   elif [ -e "$sock" ]; then fail $n "the API socket was left behind"
-  else pass $n "PUT sequence accepted, the guest rebooted on SendCtrlAltDel and kiln exited 0"; fi
+  else pass $n "PUT sequence accepted, InstanceStart to user space ${to_user}s (nested), the guest rebooted on SendCtrlAltDel and kiln exited 0"; fi
 fi
 
 if wanted api-rate-limit; then
