@@ -328,3 +328,38 @@ fn bad_jail_specs_are_usage_errors() {
         );
     }
 }
+
+#[test]
+fn firecracker_style_flag_mistakes_are_one_line() {
+    let dir = scratch("cli-api");
+    let sock = dir.join("api.sock");
+    let sock = sock.to_str().unwrap();
+    one_line(&[], 2, "give a command");
+    one_line(&["--no-api"], 2, "--no-api needs --config-file");
+    one_line(&["--api-sock", sock, "boot"], 2, "cannot be used with");
+    one_line(&["--api-sock", sock, "--level", "loud"], 2, "unknown log level");
+    one_line(
+        &["--no-api", "--config-file", "/nonexistent/vm.json"],
+        1,
+        "cannot read",
+    );
+    let config = dir.join("vm.json");
+    std::fs::write(&config, "{not json").unwrap();
+    one_line(
+        &["--no-api", "--config-file", config.to_str().unwrap()],
+        1,
+        "vm.json",
+    );
+    one_line(
+        &["--api-sock", sock, "--log-path", "/nonexistent/dir/log"],
+        1,
+        "log file",
+    );
+    // A path already there (a socket left behind, a file) is refused.
+    std::fs::write(dir.join("taken"), b"").unwrap();
+    one_line(
+        &["--api-sock", dir.join("taken").to_str().unwrap()],
+        1,
+        "remove it first",
+    );
+}
