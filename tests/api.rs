@@ -400,3 +400,22 @@ fn patch_drives_on_a_running_vm_swaps_the_image_under_seccomp() {
     // Still alive, still filtered.
     assert_eq!(state(&api), "Running");
 }
+
+#[test]
+fn the_api_thread_is_stopped_by_a_call_outside_its_filter() {
+    let dir = scratch("api-selftest");
+    let sock = dir.join("api.sock");
+    let out = Command::new(kiln())
+        .arg("--api-sock")
+        .arg(&sock)
+        .env("KILN_SECCOMP_SELFTEST", "api:execve")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(159), "{stderr}");
+    assert!(
+        stderr.starts_with("kiln: seccomp: the api thread made a forbidden system call, execve (59);"),
+        "{stderr}"
+    );
+}
