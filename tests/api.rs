@@ -419,3 +419,25 @@ fn the_api_thread_is_stopped_by_a_call_outside_its_filter() {
         "{stderr}"
     );
 }
+
+#[test]
+fn sigterm_still_ends_kiln_after_a_failed_instance_start() {
+    let dir = scratch("api-term-after-failure");
+    let mut api = start_api(&dir, &[]);
+    let missing = r#"{"kernel_image_path": "/nonexistent/vmlinux"}"#;
+    assert_eq!(call(&api.sock, "PUT", "/boot-source", missing).0, 204);
+    assert_eq!(
+        call(
+            &api.sock,
+            "PUT",
+            "/actions",
+            r#"{"action_type": "InstanceStart"}"#
+        )
+        .0,
+        400
+    );
+    // SAFETY: kill(2) on our own child, not yet reaped.
+    assert_eq!(unsafe { libc::kill(api.child.0.id() as i32, libc::SIGTERM) }, 0);
+    let status = wait_or_kill(&mut api.child.0, Duration::from_secs(5));
+    assert!(status.is_some(), "kiln ignored SIGTERM after a failed start");
+}
