@@ -522,7 +522,7 @@ fn run_suite() -> Suite {
     if wanted(&only, "exec-rootfs") {
         a.extend(debian_rootfs().map(|p| ("DEBIAN_ROOTFS".to_string(), p)));
     }
-    if wanted(&only, "sandbox-library") {
+    if wanted(&only, "sandbox-library") || wanted(&only, "jail-sandbox-library") {
         a.extend(sandbox_check().map(|p| ("SANDBOX_CHECK".to_string(), p)));
     }
     let (mut transcript, mut status) = run_once(&a, &rootfs, &only);

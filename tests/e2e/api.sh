@@ -59,7 +59,8 @@ if wanted api-kata-config; then
   lpid=$!
   cat "$d/metrics.fifo" >"$d/metrics.txt" &
   mpid=$!
-  # drive_0 is the guest's second disk (/dev/vdb), after the rootfs.
+  # drive_0 is the guest's second disk (/dev/vdb), after the rootfs. With
+  # acpi=off (Kata's) the guest cannot power off: it ends with a reboot.
   script='i=0; while [ $i -lt 1500 ]; do m=$(head -c 16 /dev/vdb 2>/dev/null); if [ "$m" = KILN-PATCHED-7c1 ]; then echo "KILN-DRIVE0 $m"; exit 0; fi; [ $i = 0 ] && echo KILN-WAITING-FOR-DRIVE0; sleep 0.2; i=$((i+1)); done; echo KILN-DRIVE0 never; exit 1'
   drives="{\"drive_id\":\"rootfs\",\"path_on_host\":\"$ROOTFS\",\"is_root_device\":false,\"is_read_only\":true}"
   for i in 0 1 2 3 4 5 6 7; do
@@ -70,7 +71,7 @@ if wanted api-kata-config; then
 	"boot-source": {
 		"kernel_image_path": "$KERNEL",
 		"initrd_path": "$INITRD",
-		"boot_args": "console=ttyS0 pci=off reboot=k panic=1 iommu=off net.ifnames=0 random.trust_cpu=on acpi=off quiet $(api_guest_cmd "$script")"
+		"boot_args": "console=ttyS0 pci=off reboot=k panic=1 iommu=off net.ifnames=0 random.trust_cpu=on acpi=off quiet kiln.halt=reboot $(api_guest_cmd "$script")"
 	},
 	"drives": [$drives],
 	"logger": {
