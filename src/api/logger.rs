@@ -9,12 +9,35 @@
 use std::fs::File;
 use std::io::{self, Write};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use super::model::Logger;
 
 /// The log file, once one is given; stderr until then.
 static SINK: Mutex<Option<File>> = Mutex::new(None);
+/// What each line shows besides its message (Firecracker's `show_level`,
+/// on by default, and `show_log_origin`, off).
+static SHOW_LEVEL: AtomicBool = AtomicBool::new(true);
+static SHOW_ORIGIN: AtomicBool = AtomicBool::new(false);
+
+/// One line: `[kiln:LEVEL:file:line] message`, the level and origin as
+/// the logger's settings say.
+fn format(buf: &mut env_logger::fmt::Formatter, record: &log::Record) -> io::Result<()> {
+    let mut tag = String::from("kiln");
+    if SHOW_LEVEL.load(Ordering::Relaxed) {
+        tag.push(':');
+        tag.push_str(record.level().as_str());
+    }
+    if SHOW_ORIGIN.load(Ordering::Relaxed) {
+        tag.push_str(&format!(
+            ":{}:{}",
+            record.file().unwrap_or("?"),
+            record.line().unwrap_or(0)
+        ));
+    }
+    writeln!(buf, "[{tag}] {}", record.args())
+}
 
 struct Sink;
 
@@ -44,6 +67,7 @@ pub fn init(level: log::LevelFilter, path: Option<&Path>) -> io::Result<()> {
     env_logger::Builder::new()
         .filter_level(log::LevelFilter::Trace)
         .target(env_logger::Target::Pipe(Box::new(Sink)))
+        .format(format)
         .try_init()
         .map_err(io::Error::other)?;
     log::set_max_level(level);
@@ -62,6 +86,12 @@ pub fn configure(logger: &Logger) -> io::Result<()> {
     }
     if let Some(level) = logger.level {
         log::set_max_level(level.filter());
+    }
+    if let Some(show) = logger.show_level {
+        SHOW_LEVEL.store(show, Ordering::Relaxed);
+    }
+    if let Some(show) = logger.show_log_origin {
+        SHOW_ORIGIN.store(show, Ordering::Relaxed);
     }
     Ok(())
 }

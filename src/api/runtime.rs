@@ -182,3 +182,87 @@ impl MutEventSubscriber for ApiRuntime {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::api::action;
+    use crate::api::model::{PartialDrive, PartialNetworkInterface};
+    use crate::exit::ExitNotifier;
+    use crate::timeline::BootTimeline;
+    use crate::vstate::vcpu::{PauseControl, VcpuKicker};
+
+    /// A runtime over a VM with no devices and no vCPUs.
+    fn runtime() -> ApiRuntime {
+        let (_, inbox) = action::channel().unwrap();
+        let vm = RunningVm {
+            devices: Default::default(),
+            pause: PauseControl::default(),
+            vcpus: VcpuKicker::new(&[]),
+            exit: ExitNotifier::new().unwrap(),
+            timeline: Arc::new(BootTimeline::starting_now()),
+        };
+        let identity = Identity {
+            id: "vm-9".into(),
+            machine: MachineConfig::default(),
+        };
+        ApiRuntime::new(inbox, vm, identity, None)
+    }
+
+    fn fault(r: &Response) -> String {
+        assert_eq!(r.status, 400, "{r:?}");
+        r.body.clone().unwrap()
+    }
+
+    #[test]
+    fn state_follows_pause_and_resume() {
+        let mut rt = runtime();
+        let info = |rt: &mut ApiRuntime| rt.handle(VmmAction::GetInstanceInfo).body.unwrap();
+        assert!(info(&mut rt).contains(r#""state":"Running""#));
+        assert!(info(&mut rt).contains(r#""id":"vm-9""#));
+        assert_eq!(rt.handle(VmmAction::Pause).status, 204);
+        assert!(info(&mut rt).contains(r#""state":"Paused""#));
+        assert_eq!(rt.handle(VmmAction::Resume).status, 204);
+        assert!(info(&mut rt).contains(r#""state":"Running""#));
+        let machine = rt.handle(VmmAction::GetMachineConfig);
+        assert_eq!(machine.status, 200);
+        assert!(machine.body.unwrap().contains("vcpu_count"));
+    }
+
+    #[test]
+    fn changes_to_devices_it_does_not_have_are_400s() {
+        let mut rt = runtime();
+        let drive = PartialDrive {
+            drive_id: "rootfs".into(),
+            path_on_host: Some("/x".into()),
+            rate_limiter: None,
+        };
+        assert!(fault(&rt.handle(VmmAction::PatchDrive(drive))).contains("rootfs"));
+        let net = PartialNetworkInterface {
+            iface_id: "eth0".into(),
+            rx_rate_limiter: None,
+            tx_rate_limiter: None,
+        };
+        assert!(fault(&rt.handle(VmmAction::PatchNet(net))).contains("eth0"));
+        assert!(fault(&rt.handle(VmmAction::SendCtrlAltDel)).contains("fault_message"));
+        assert!(fault(&rt.handle(VmmAction::FlushMetrics)).contains("PUT /metrics"));
+    }
+
+    #[test]
+    fn pre_boot_requests_are_refused_once_running() {
+        let mut rt = runtime();
+        assert!(fault(&rt.handle(VmmAction::InstanceStart)).contains("already running"));
+        for action in [
+            VmmAction::PutBootSource(Default::default()),
+            VmmAction::PutMachineConfig(MachineConfig::default()),
+            VmmAction::PutLogger(Default::default()),
+        ] {
+            let name = action_name(&action);
+            let body = fault(&rt.handle(action));
+            assert!(body.contains("after starting the microVM"), "{name}: {body}");
+            assert!(body.contains(name), "{name}: {body}");
+        }
+    }
+}
