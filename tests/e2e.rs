@@ -356,6 +356,7 @@ const SCENARIOS: &[&str] = &[
     "api-kata-config",
     "api-put-sequence",
     "api-rate-limit",
+    "api-distro-kernel",
     "bench-boot",
 ];
 
@@ -808,4 +809,9 @@ fn api_put_sequence_boots_and_send_ctrl_alt_del_ends_kiln_with_0() {
 #[test]
 fn api_rate_limited_drive_reads_within_10_percent_of_its_limit() {
     check("api-rate-limit");
+}
+
+#[test]
+fn api_on_a_distribution_kernel_patches_a_drive_and_reboots_on_ctrl_alt_del() {
+    check("api-distro-kernel");
 }

@@ -10,8 +10,13 @@
 #                    vsock, InstanceStart; then SendCtrlAltDel: kiln exits 0.
 #  api-rate-limit    a drive limited to 512 KiB/s: the guest's own measure of
 #                    its read throughput is within 10% of the limit.
-# The guest is the default one (KERNEL, INITRD) running a kiln.cmd script.
-API_SCENARIOS="api-kata-config api-put-sequence api-rate-limit"
+#  api-distro-kernel a distribution's kernel (DISTRO_KERNEL, DISTRO_INITRD:
+#                    modular virtio, ACPI discovery) from a config file: an
+#                    empty drive patched to an image it reads, then
+#                    SendCtrlAltDel through its own i8042 and atkbd drivers.
+# The guest is otherwise the default one (KERNEL, INITRD) running a
+# kiln.cmd script.
+API_SCENARIOS="api-kata-config api-put-sequence api-rate-limit api-distro-kernel"
 
 # api_guest_cmd SCRIPT: the kiln.cmd= argument that runs SCRIPT in the guest.
 api_guest_cmd() { printf 'kiln.cmd=%s' "$(printf '%s' "$1" | base64 | tr -d '\n')"; }
@@ -185,4 +190,42 @@ if wanted api-rate-limit; then
   elif [ -z "$rate" ]; then fail $n "no KILN-RATE line (status=$status): $(grep KILN- "$OUT/$n.log" | tail -n 3 | tr '\n' ' ')"
   elif [ "$rate" -lt 471859 ] || [ "$rate" -gt 576716 ]; then fail $n "the guest read at $rate B/s; the limit is 524288 B/s (10% either way)"
   else pass $n "the guest read at $rate B/s under a 524288 B/s limit ($(awk -v r="$rate" 'BEGIN { printf "%.1f", (r / 524288 - 1) * 100 }')%)"; fi
+fi
+
+if wanted api-distro-kernel; then
+  n=api-distro-kernel
+  d=$SCRATCH/api-distro; rm -rf "$d"; mkdir -p "$d"
+  sock=$d/api.sock
+  : >"$d/empty.img"
+  { printf 'KILN-PATCHED-d15'; head -c 4080 /dev/zero; } >"$d/new.img"
+  script='i=0; while [ $i -lt 1500 ]; do m=$(head -c 16 /dev/vda 2>/dev/null); if [ "$m" = KILN-PATCHED-d15 ]; then echo "KILN-DRIVE $m"; break; fi; [ $i = 0 ] && echo KILN-WAITING-FOR-DRIVE; sleep 0.2; i=$((i+1)); done; echo KILN-WAITING-FOR-CAD; exec sleep 1000'
+  cat >"$d/vm.json" <<EOF
+{
+  "boot-source": {"kernel_image_path": "$DISTRO_KERNEL", "initrd_path": "$DISTRO_INITRD",
+                  "boot_args": "$BASE $(api_guest_cmd "$script")"},
+  "machine-config": {"vcpu_count": 1, "mem_size_mib": 256, "smt": false},
+  "drives": [{"drive_id": "data", "path_on_host": "$d/empty.img", "is_root_device": false, "is_read_only": false}]
+}
+EOF
+  start=$(now)
+  if [ ! -f "${DISTRO_KERNEL:-}" ] || [ ! -f "${DISTRO_INITRD:-}" ]; then
+    fail $n "DISTRO_KERNEL/DISTRO_INITRD not given"
+  else
+    api_start $n "$sock" --config-file "$d/vm.json"
+    patched=- cad=-
+    if wait_for $n KILN-WAITING-FOR-DRIVE "$GUEST_TIMEOUT"; then
+      patched=$(api_status "$sock" PATCH /drives/data "{\"drive_id\":\"data\",\"path_on_host\":\"$d/new.img\"}")
+    fi
+    if wait_for $n KILN-WAITING-FOR-CAD "$GUEST_TIMEOUT"; then
+      cad=$(api_status "$sock" PUT /actions '{"action_type":"SendCtrlAltDel"}')
+    fi
+    api_end 120
+    echo "E2E-TIME $n - $(elapsed "$start" "$(now)")"
+    if ! grep -q KILN-GUEST-READY "$OUT/$n.log"; then fail $n "the kernel did not reach /init (status=$status): $(head -c 300 "$OUT/$n.err")"
+    elif [ "$patched" != 204 ]; then fail $n "PATCH /drives/data gave $patched"
+    elif ! grep -q 'KILN-DRIVE KILN-PATCHED-d15' "$OUT/$n.log"; then fail $n "the guest did not read the new medium: $(grep KILN- "$OUT/$n.log" | tail -n 3 | tr '\n' ' ')"
+    elif [ "$cad" != 204 ]; then fail $n "SendCtrlAltDel gave $cad"
+    elif [ "$status" != 0 ] || ! grep -q KILN-CTRL-ALT-DEL "$OUT/$n.log"; then fail $n "no reboot on Ctrl+Alt+Del (status=$status): $(tail -n 3 "$OUT/$n.log" | tr '\n' ' ')"
+    else pass $n "Debian's kernel: the patched drive read, Ctrl+Alt+Del through its i8042 and atkbd rebooted it, kiln exited 0"; fi
+  fi
 fi
