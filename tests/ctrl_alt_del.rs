@@ -1,8 +1,9 @@
 //! Ctrl+Alt+Del through the i8042 on the real /dev/kvm: a tiny guest polls
 //! the controller for keyboard data, prints the scan codes it reads on the
 //! serial console and resets, while the test presses the keys on the
-//! running VM through `BootHooks::device_calls` (the path the API's
-//! `SendCtrlAltDel` takes), under the VMM's seccomp filter.
+//! running VM through a `DeviceCallQueue` hook on `BootHooks::on_running`
+//! (as the API's `SendCtrlAltDel` reaches it), under the VMM's seccomp
+//! filter.
 
 mod common;
 
@@ -116,7 +117,7 @@ fn ctrl_alt_del_reaches_a_polling_guest_in_the_set_it_reads() {
     let stop = StopHandle::new().unwrap();
     let hooks = BootHooks {
         stop: Some(stop.clone()),
-        device_calls: Some(queue),
+        on_running: Some(queue.into_hook()),
         ..BootHooks::default()
     };
     let io = ConsoleIo {
@@ -169,7 +170,7 @@ fn presses_a_guest_never_reads_are_refused_once_the_buffer_is_full() {
     let stop = StopHandle::new().unwrap();
     let hooks = BootHooks {
         stop: Some(stop.clone()),
-        device_calls: Some(queue),
+        on_running: Some(queue.into_hook()),
         ..BootHooks::default()
     };
     let io = ConsoleIo {

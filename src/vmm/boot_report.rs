@@ -25,11 +25,9 @@ pub struct BootHooks {
     pub stop: Option<super::StopHandle>,
     /// Called on the VMM thread once the VM is built and its vCPUs started,
     /// before the guest runs: gets what can change a running VM and may
-    /// return an event-loop subscriber that uses it (the API's).
+    /// return an event-loop subscriber that uses it (the API's runtime, or
+    /// [`super::DeviceCallQueue::into_hook`] for another thread's calls).
     pub on_running: Option<RunningHook>,
-    /// Lets another thread reach the running VM's devices (through the
-    /// [`super::DeviceCaller`] made with this queue).
-    pub device_calls: Option<super::DeviceCallQueue>,
 }
 
 /// What can change a running VM from the VMM thread.
@@ -56,7 +54,6 @@ impl Default for BootHooks {
             on_user_space: None,
             stop: None,
             on_running: None,
-            device_calls: None,
         }
     }
 }

@@ -38,10 +38,23 @@ pub struct DeviceCaller {
     wake: Arc<EventFd>,
 }
 
-/// The VMM side, for [`super::BootHooks::device_calls`].
+/// The VMM side: [`DeviceCallQueue::into_hook`] makes it a
+/// [`super::BootHooks::on_running`] hook.
 pub struct DeviceCallQueue {
     calls: Receiver<DeviceCall>,
     wake: Arc<EventFd>,
+}
+
+impl DeviceCallQueue {
+    /// The hook that runs the queued calls on the VMM thread, with the
+    /// running VM's devices, between events.
+    pub fn into_hook(self) -> super::RunningHook {
+        Box::new(move |vm: super::RunningVm| {
+            let runner = DeviceCallRunner::new(self, vm.devices);
+            Some(Arc::new(std::sync::Mutex::new(runner))
+                as Arc<std::sync::Mutex<dyn MutEventSubscriber + Send>>)
+        })
+    }
 }
 
 /// A connected caller and queue.
@@ -72,13 +85,13 @@ impl DeviceCaller {
 
 /// The event-loop subscriber that runs the calls; it owns the handles, so
 /// they go when the event loop does.
-pub(super) struct DeviceCallRunner {
+struct DeviceCallRunner {
     queue: DeviceCallQueue,
     handles: DeviceHandles,
 }
 
 impl DeviceCallRunner {
-    pub(super) fn new(queue: DeviceCallQueue, handles: DeviceHandles) -> Self {
+    fn new(queue: DeviceCallQueue, handles: DeviceHandles) -> Self {
         Self { queue, handles }
     }
 

@@ -42,9 +42,8 @@ pub enum DeviceUpdateError {
 }
 
 /// Disks and network cards by id (devices added without an id cannot be
-/// changed at run time), and the keyboard controller. Cloning shares
-/// the devices.
-#[derive(Default, Clone)]
+/// changed at run time), and the keyboard controller.
+#[derive(Default)]
 pub struct DeviceHandles {
     drives: BTreeMap<String, BlockHandle>,
     nets: BTreeMap<String, NetHandle>,

@@ -161,7 +161,6 @@ pub fn run_vm_with(config: &VmConfig, io: ConsoleIo, mut hooks: BootHooks) -> Re
     let mut event_loop: EventLoop = EventManager::new().map_err(VmmError::EventLoop)?;
     let timeline = hooks.timeline.clone();
     let on_running = hooks.on_running.take();
-    let device_calls = hooks.device_calls.take();
     let (boot_timer, reporter) = boot_report::user_space_wiring(hooks).map_err(BuildError::Setup)?;
     if let Some(reporter) = reporter {
         event_loop
@@ -173,11 +172,6 @@ pub fn run_vm_with(config: &VmConfig, io: ConsoleIo, mut hooks: BootHooks) -> Re
     };
     let vm = builder::build(config, output, input, &exit, &mut event_loop, instruments)?;
     event_loop.add_subscriber(Arc::new(Mutex::new(watcher)) as Arc<Mutex<dyn MutEventSubscriber + Send>>);
-    if let Some(queue) = device_calls {
-        // The runner's handles go with the loop.
-        let runner = device_calls::DeviceCallRunner::new(queue, vm.devices.clone());
-        event_loop.add_subscriber(Arc::new(Mutex::new(runner)) as Arc<Mutex<dyn MutEventSubscriber + Send>>);
-    }
 
     vcpu::install_kick_handler().map_err(BuildError::Setup)?;
     let stop = Arc::new(AtomicBool::new(false));
