@@ -14,6 +14,8 @@ use std::sync::{Arc, Mutex};
 
 use clap::Args;
 
+use crate::fail;
+
 use kiln::api::action::{self, ApiInbox, ApiRequest, ApiSender};
 use kiln::api::http::Response;
 use kiln::api::metrics::MetricsSink;
@@ -67,11 +69,6 @@ impl ApiArgs {
     pub fn given(&self) -> bool {
         self.api_sock.is_some() || self.config_file.is_some() || self.no_api || self.version
     }
-}
-
-fn fail(code: u8, message: impl std::fmt::Display) -> ExitCode {
-    eprintln!("kiln: {message}");
-    ExitCode::from(code)
 }
 
 /// `--version`: Kata's runtime reads the second word as a semver and
@@ -326,13 +323,7 @@ fn run_vm(
     let taken = handover.clone();
     let hooks = BootHooks {
         timeline: timeline.clone(),
-        on_user_space: boot_timer.then(|| {
-            Box::new(|t: &BootTimeline| {
-                if let Some(line) = t.user_space_report() {
-                    eprintln!("kiln: {line}");
-                }
-            }) as vmm::UserSpaceReport
-        }),
+        on_user_space: crate::boot_timer_report(boot_timer),
         on_running: Some(Box::new(move |vm: RunningVm| {
             let h = kiln::sync::lock(&taken).take()?;
             let mut metrics = h.metrics;

@@ -155,6 +155,18 @@ impl BootArgs {
     }
 }
 
+/// `--boot-timer`: one line on stderr when the guest reaches user space.
+fn boot_timer_report(on: bool) -> Option<vmm::UserSpaceReport> {
+    on.then(|| {
+        Box::new(|t: &BootTimeline| {
+            if let Some(line) = t.user_space_report() {
+                eprintln!("kiln: {line}");
+            }
+        }) as vmm::UserSpaceReport
+    })
+}
+
+/// kiln's own failure: one line on stderr and the exit status.
 fn fail(code: u8, message: impl std::fmt::Display) -> ExitCode {
     eprintln!("kiln: {message}");
     ExitCode::from(code)
@@ -289,13 +301,7 @@ fn boot(mut args: BootArgs, timeline: &Arc<BootTimeline>, metrics: &mut Option<M
     };
     let hooks = BootHooks {
         timeline: timeline.clone(),
-        on_user_space: boot_timer.then(|| {
-            Box::new(|t: &BootTimeline| {
-                if let Some(line) = t.user_space_report() {
-                    eprintln!("kiln: {line}");
-                }
-            }) as vmm::UserSpaceReport
-        }),
+        on_user_space: boot_timer_report(boot_timer),
         ..BootHooks::default()
     };
     match vmm::run_vm_with(&config, io, hooks) {

@@ -186,16 +186,17 @@ impl<'a> MetricsRecord<'a> {
 /// A running VM's record, one JSON line each time the API's metrics are
 /// flushed (periodically and on `FlushMetrics`).
 #[derive(Serialize)]
-pub struct SnapshotRecord<'a> {
+pub struct SnapshotRecord<'a, S: Serialize> {
     utc_timestamp_ms: u64,
-    state: &'static str,
+    /// The VM's state as the API names it.
+    state: S,
     phases_us: PhasesUs<'a>,
     cpu_user_us: u64,
     cpu_sys_us: u64,
 }
 
-impl<'a> SnapshotRecord<'a> {
-    pub fn now(timeline: &'a BootTimeline, state: &'static str) -> Self {
+impl<'a, S: Serialize> SnapshotRecord<'a, S> {
+    pub fn now(timeline: &'a BootTimeline, state: S) -> Self {
         let (cpu_user_us, cpu_sys_us) = cpu_time_us();
         let utc_timestamp_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

@@ -13,7 +13,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{assemble, kiln, scratch, wait_or_kill, KillOnDrop, PUTS, RESET};
+use common::{assemble, kiln, scratch, thread_modes, wait_or_kill, KillOnDrop, PUTS, RESET};
+
+const START: &str = r#"{"action_type": "InstanceStart"}"#;
 
 /// One request on a fresh connection: (status, body).
 fn call(sock: &Path, method: &str, path: &str, body: &str) -> (u16, String) {
@@ -95,6 +97,14 @@ fn ticking_guest(dir: &Path) -> PathBuf {
     assemble(dir, "tick", src)
 }
 
+/// `PUT /machine-config` (`cpus` vCPUs, 64 MiB), then `InstanceStart`:
+/// both must be accepted.
+fn start_vm(api: &Api, cpus: u8) {
+    let machine = format!(r#"{{"vcpu_count": {cpus}, "mem_size_mib": 64}}"#);
+    assert_eq!(call(&api.sock, "PUT", "/machine-config", &machine).0, 204);
+    assert_eq!(call(&api.sock, "PUT", "/actions", START).0, 204);
+}
+
 fn state(api: &Api) -> String {
     let (status, body) = call(&api.sock, "GET", "/", "");
     assert_eq!(status, 200, "{body}");
@@ -132,16 +142,7 @@ fn put_requests_configure_and_start_a_vm_that_pauses_and_resumes() {
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("fault_message"), "{body}");
 
-    assert_eq!(
-        call(
-            &api.sock,
-            "PUT",
-            "/actions",
-            r#"{"action_type": "InstanceStart"}"#
-        )
-        .0,
-        204
-    );
+    assert_eq!(call(&api.sock, "PUT", "/actions", START).0, 204);
     assert_eq!(state(&api), "Running");
     assert!(
         wait_for_console_growth(&api, 0, Duration::from_secs(10)),
@@ -188,47 +189,13 @@ fn every_thread_runs_filtered_once_the_vm_runs() {
     let api = start_api(&dir, &[]);
     let boot = format!(r#"{{"kernel_image_path": "{}"}}"#, guest.display());
     assert_eq!(call(&api.sock, "PUT", "/boot-source", &boot).0, 204);
-    assert_eq!(
-        call(
-            &api.sock,
-            "PUT",
-            "/machine-config",
-            r#"{"vcpu_count": 2, "mem_size_mib": 64}"#
-        )
-        .0,
-        204
-    );
-    assert_eq!(
-        call(
-            &api.sock,
-            "PUT",
-            "/actions",
-            r#"{"action_type": "InstanceStart"}"#
-        )
-        .0,
-        204
-    );
+    start_vm(&api, 2);
     assert!(wait_for_console_growth(&api, 0, Duration::from_secs(10)));
-    let pid = api.child.0.id();
-    let mut names = Vec::new();
-    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
-        let status = std::fs::read_to_string(task.unwrap().path().join("status")).unwrap();
-        let field = |key: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(key))
-                .map(|v| v.trim().to_string())
-                .unwrap_or_default()
-        };
-        names.push(field("Name:"));
-        assert_eq!(
-            field("Seccomp:"),
-            "2",
-            "thread {} runs unfiltered",
-            field("Name:")
-        );
+    let threads = thread_modes(api.child.0.id());
+    for (name, mode) in &threads {
+        assert_eq!(mode, "2", "thread {name} runs unfiltered");
     }
-    assert!(names.iter().any(|n| n == "kiln-api"), "{names:?}");
+    assert!(threads.iter().any(|(n, _)| n == "kiln-api"), "{threads:?}");
     // The API still answers under its filter.
     assert_eq!(state(&api), "Running");
 }
@@ -291,37 +258,13 @@ fn a_failed_instance_start_is_a_400_and_the_api_waits_for_a_fix() {
     let api = start_api(&dir, &[]);
     let missing = r#"{"kernel_image_path": "/nonexistent/vmlinux"}"#;
     assert_eq!(call(&api.sock, "PUT", "/boot-source", missing).0, 204);
-    let (status, body) = call(
-        &api.sock,
-        "PUT",
-        "/actions",
-        r#"{"action_type": "InstanceStart"}"#,
-    );
+    let (status, body) = call(&api.sock, "PUT", "/actions", START);
     assert_eq!(status, 400, "{body}");
     assert_eq!(state(&api), "Not started");
     let guest = ticking_guest(&dir);
     let boot = format!(r#"{{"kernel_image_path": "{}"}}"#, guest.display());
     assert_eq!(call(&api.sock, "PUT", "/boot-source", &boot).0, 204);
-    assert_eq!(
-        call(
-            &api.sock,
-            "PUT",
-            "/machine-config",
-            r#"{"vcpu_count": 1, "mem_size_mib": 64}"#
-        )
-        .0,
-        204
-    );
-    assert_eq!(
-        call(
-            &api.sock,
-            "PUT",
-            "/actions",
-            r#"{"action_type": "InstanceStart"}"#
-        )
-        .0,
-        204
-    );
+    start_vm(&api, 1);
     assert_eq!(state(&api), "Running");
 }
 
@@ -350,31 +293,12 @@ fn patch_drives_on_a_running_vm_swaps_the_image_under_seccomp() {
     let api = start_api(&dir, &[]);
     let boot = format!(r#"{{"kernel_image_path": "{}"}}"#, guest.display());
     assert_eq!(call(&api.sock, "PUT", "/boot-source", &boot).0, 204);
-    assert_eq!(
-        call(
-            &api.sock,
-            "PUT",
-            "/machine-config",
-            r#"{"vcpu_count": 1, "mem_size_mib": 64}"#
-        )
-        .0,
-        204
-    );
     let drive = format!(
         r#"{{"drive_id": "data", "path_on_host": "{}", "is_root_device": false, "is_read_only": false, "rate_limiter": {{}}}}"#,
         first.display()
     );
     assert_eq!(call(&api.sock, "PUT", "/drives/data", &drive).0, 204);
-    assert_eq!(
-        call(
-            &api.sock,
-            "PUT",
-            "/actions",
-            r#"{"action_type": "InstanceStart"}"#
-        )
-        .0,
-        204
-    );
+    start_vm(&api, 1);
     assert!(wait_for_console_growth(&api, 0, Duration::from_secs(10)));
 
     let patch = format!(
@@ -426,16 +350,7 @@ fn sigterm_still_ends_kiln_after_a_failed_instance_start() {
     let mut api = start_api(&dir, &[]);
     let missing = r#"{"kernel_image_path": "/nonexistent/vmlinux"}"#;
     assert_eq!(call(&api.sock, "PUT", "/boot-source", missing).0, 204);
-    assert_eq!(
-        call(
-            &api.sock,
-            "PUT",
-            "/actions",
-            r#"{"action_type": "InstanceStart"}"#
-        )
-        .0,
-        400
-    );
+    assert_eq!(call(&api.sock, "PUT", "/actions", START).0, 400);
     // SAFETY: kill(2) on our own child, not yet reaped.
     assert_eq!(unsafe { libc::kill(api.child.0.id() as i32, libc::SIGTERM) }, 0);
     let status = wait_or_kill(&mut api.child.0, Duration::from_secs(5));

@@ -7,14 +7,15 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::{assemble, scratch, PUTS, RESET};
+use common::{assemble, scratch, waiting_guest, PUTS, RESET};
 use kiln::config::VmConfig;
 use kiln::exit::ExitReason;
-use kiln::vmm::{self, BootHooks, ConsoleIo, DeviceCallError, DeviceCaller, StopHandle};
+use kiln::vmm::{self, BootHooks, ConsoleIo, DeviceCallError, DeviceCaller, StopHandle, VmmError};
 
 /// Prints "ready", reads four keyboard bytes as the controller hands them
 /// over (translated: set 1), turns translation off, prints "raw", reads
@@ -107,11 +108,13 @@ fn press(caller: &DeviceCaller) -> Result<(), String> {
         .expect("the VMM thread ran the call")
 }
 
-#[test]
-fn ctrl_alt_del_reaches_a_polling_guest_in_the_set_it_reads() {
-    let dir = scratch("ctrl-alt-del");
-    let console = dir.join("console");
-    let mut config = VmConfig::new(guest(&dir));
+/// Runs `kernel` (64 MiB) on a thread of its own, its console to
+/// `console`, with a device-call queue on the running VM.
+fn start(
+    kernel: PathBuf,
+    console: &Path,
+) -> (DeviceCaller, StopHandle, JoinHandle<Result<ExitReason, VmmError>>) {
+    let mut config = VmConfig::new(kernel);
     config.memory_mib = 64;
     let (caller, queue) = vmm::device_calls().unwrap();
     let stop = StopHandle::new().unwrap();
@@ -121,13 +124,21 @@ fn ctrl_alt_del_reaches_a_polling_guest_in_the_set_it_reads() {
         ..BootHooks::default()
     };
     let io = ConsoleIo {
-        output: std::fs::File::create(&console).unwrap().into(),
+        output: std::fs::File::create(console).unwrap().into(),
         input: None,
         raw_terminal: false,
         handle_signals: false,
         detach_teardown: false,
     };
     let vmm = std::thread::spawn(move || vmm::run_vm_with(&config, io, hooks));
+    (caller, stop, vmm)
+}
+
+#[test]
+fn ctrl_alt_del_reaches_a_polling_guest_in_the_set_it_reads() {
+    let dir = scratch("ctrl-alt-del");
+    let console = dir.join("console");
+    let (caller, stop, vmm) = start(guest(&dir), &console);
     // Stops the VM if an assertion fails before it ends.
     struct StopOnDrop(StopHandle);
     impl Drop for StopOnDrop {
@@ -157,30 +168,7 @@ fn ctrl_alt_del_reaches_a_polling_guest_in_the_set_it_reads() {
 fn presses_a_guest_never_reads_are_refused_once_the_buffer_is_full() {
     let dir = scratch("ctrl-alt-del-full");
     let console = dir.join("console");
-    let kernel = assemble(
-        &dir,
-        "wait",
-        &format!(
-            ".code64\n.globl _start\n_start:\n    lea msg(%rip), %rsi\n    call puts\n    cli\n1:  hlt\n    jmp 1b\n{PUTS}msg: .asciz \"up\\n\"\n"
-        ),
-    );
-    let mut config = VmConfig::new(kernel);
-    config.memory_mib = 64;
-    let (caller, queue) = vmm::device_calls().unwrap();
-    let stop = StopHandle::new().unwrap();
-    let hooks = BootHooks {
-        stop: Some(stop.clone()),
-        on_running: Some(queue.into_hook()),
-        ..BootHooks::default()
-    };
-    let io = ConsoleIo {
-        output: std::fs::File::create(&console).unwrap().into(),
-        input: None,
-        raw_terminal: false,
-        handle_signals: false,
-        detach_teardown: false,
-    };
-    let vmm = std::thread::spawn(move || vmm::run_vm_with(&config, io, hooks));
+    let (caller, stop, vmm) = start(waiting_guest(&dir), &console);
     wait_for(&console, "up\n");
     let results: Vec<_> = (0..5).map(|_| press(&caller)).collect();
     stop.stop();

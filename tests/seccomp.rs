@@ -6,25 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{scratch, spawn, waiting_guest};
-
-/// Seccomp mode of every thread of `pid`: (thread name, mode).
-fn thread_modes(pid: u32) -> Vec<(String, String)> {
-    let mut modes = Vec::new();
-    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
-        let status = std::fs::read_to_string(task.unwrap().path().join("status")).unwrap_or_default();
-        let field = |key: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(key))
-                .map(|v| v.trim().to_string())
-                .unwrap_or_default()
-        };
-        modes.push((field("Name:"), field("Seccomp:")));
-    }
-    modes.sort();
-    modes
-}
+use common::{scratch, spawn, thread_modes, waiting_guest};
 
 #[test]
 fn every_thread_runs_filtered_once_the_guest_runs_and_none_with_no_seccomp() {

@@ -117,17 +117,21 @@ pub struct Connection {
     pub closing: bool,
 }
 
+/// A parsed request head.
+struct RequestHead {
+    /// Bytes of the head itself.
+    len: usize,
+    method: String,
+    path: String,
+    body_len: usize,
+    close: bool,
+    expect_continue: bool,
+}
+
 enum Head {
     Incomplete,
     Bad(Response),
-    Done {
-        len: usize,
-        method: String,
-        path: String,
-        body_len: usize,
-        close: bool,
-        expect_continue: bool,
-    },
+    Done(RequestHead),
 }
 
 fn parse_head(input: &[u8]) -> Head {
@@ -188,14 +192,14 @@ fn parse_head(input: &[u8]) -> Head {
             format!("the body is {body_len} bytes; at most {MAX_BODY} are accepted"),
         ));
     }
-    Head::Done {
+    Head::Done(RequestHead {
         len,
         method,
         path,
         body_len,
         close,
         expect_continue,
-    }
+    })
 }
 
 impl Connection {
@@ -228,21 +232,21 @@ impl Connection {
         if self.closing {
             return Parsed::Incomplete;
         }
-        let (len, method, path, body_len, close, expect_continue) = match parse_head(&self.input) {
+        let RequestHead {
+            len,
+            method,
+            path,
+            body_len,
+            close,
+            expect_continue,
+        } = match parse_head(&self.input) {
             Head::Incomplete => return Parsed::Incomplete,
             Head::Bad(response) => {
                 self.closing = true;
                 self.input.clear();
                 return Parsed::Refused(response);
             }
-            Head::Done {
-                len,
-                method,
-                path,
-                body_len,
-                close,
-                expect_continue,
-            } => (len, method, path, body_len, close, expect_continue),
+            Head::Done(head) => head,
         };
         if self.input.len() < len + body_len {
             if expect_continue && !self.continued {

@@ -52,7 +52,7 @@ impl MetricsSink {
 
     /// Writes one line now.
     pub fn flush(&mut self, timeline: &BootTimeline, state: InstanceState) -> io::Result<()> {
-        let record = SnapshotRecord::now(timeline, state_name(state));
+        let record = SnapshotRecord::now(timeline, state);
         let mut line = serde_json::to_vec(&record).map_err(io::Error::other)?;
         line.push(b'\n');
         match self.file.write(&line) {
@@ -76,14 +76,6 @@ impl MetricsSink {
         if let Err(e) = self.flush(timeline, state) {
             log::warn!("cannot write the metrics: {e}");
         }
-    }
-}
-
-fn state_name(state: InstanceState) -> &'static str {
-    match state {
-        InstanceState::NotStarted => "Not started",
-        InstanceState::Running => "Running",
-        InstanceState::Paused => "Paused",
     }
 }
 

@@ -42,14 +42,10 @@ impl ApiRuntime {
         }
     }
 
-    fn state(&self) -> InstanceState {
-        state_of(&self.vm)
-    }
-
     /// One action on the running VM.
     pub fn handle(&mut self, action: VmmAction) -> Response {
         let outcome: Result<Option<String>, String> = match action {
-            VmmAction::GetInstanceInfo => Ok(Some(instance_info(&self.identity.id, self.state()))),
+            VmmAction::GetInstanceInfo => Ok(Some(instance_info(&self.identity.id, state_of(&self.vm)))),
             VmmAction::GetMachineConfig => Ok(serde_json::to_string(&self.identity.machine).ok()),
             VmmAction::PatchDrive(patch) => {
                 let id = &patch.drive_id;

@@ -87,16 +87,11 @@ pub fn serve(
             }
             return Ok(());
         }
-        // Clients first (their indices match `fds`), then new ones.
-        let mut gone = vec![false; clients.len()];
-        for (i, c) in clients.iter_mut().enumerate() {
-            let revents = fds[i + 2].revents;
-            gone[i] = !service(c, revents, &mut dispatch);
-        }
-        let mut i = 0;
-        clients.retain(|_| {
-            i += 1;
-            !gone[i - 1]
+        // Clients first (in order, so each meets its pollfd), then new ones.
+        let mut client_fds = fds[2..].iter();
+        clients.retain_mut(|c| {
+            let revents = client_fds.next().map_or(0, |f| f.revents);
+            service(c, revents, &mut dispatch)
         });
         let now = Instant::now();
         clients.retain_mut(|c| {

@@ -47,10 +47,6 @@ impl ThreadKind {
             ThreadKind::VmmWithApi => "vmm",
         }
     }
-
-    fn code(self) -> u8 {
-        self as u8 + 1
-    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -74,8 +70,9 @@ pub enum SeccompMode {
 }
 
 thread_local! {
-    /// This thread's kind, for the SIGSYS line (0: none installed).
-    static KIND: Cell<u8> = const { Cell::new(0) };
+    /// This thread's kind by name, for the SIGSYS line (a static string:
+    /// reading it is safe in the handler).
+    static KIND: Cell<&'static str> = const { Cell::new("unfiltered") };
 }
 
 /// `kind`'s filter as a BPF program: allow what its rules list, trap the rest.
@@ -96,7 +93,7 @@ pub fn install(kind: ThreadKind, mode: SeccompMode) -> Result<(), SeccompError> 
     }
     install_sigsys_handler()?;
     let program = filter(kind);
-    KIND.with(|k| k.set(kind.code()));
+    KIND.with(|k| k.set(kind.name()));
     seccompiler::apply_filter(&program).map_err(|source| SeccompError::Install {
         kind: kind.name(),
         source,
@@ -229,19 +226,13 @@ impl Line {
 }
 
 /// The one line the SIGSYS handler prints.
-fn violation_line(kind: u8, nr: i64) -> Line {
+fn violation_line(kind: &str, nr: i64) -> Line {
     let mut line = Line {
         buf: [0; 192],
         len: 0,
     };
     line.push(b"kiln: seccomp: the ");
-    line.push(match kind {
-        1 => b"vmm",
-        2 => b"vcpu",
-        3 => b"api",
-        4 => b"vmm",
-        _ => b"unfiltered",
-    });
+    line.push(kind.as_bytes());
     line.push(b" thread made a forbidden system call, ");
     if let Some((_, name)) = CALL_NAMES.iter().find(|(n, _)| *n == nr) {
         line.push(name.as_bytes());

@@ -148,8 +148,7 @@ fn ioctls(kind: ThreadKind) -> Vec<u64> {
 pub fn rules(kind: ThreadKind) -> Vec<Rule> {
     let vmm = matches!(kind, ThreadKind::Vmm | ThreadKind::VmmWithApi);
     let extra: &[i64] = match kind {
-        ThreadKind::Vmm => VMM,
-        ThreadKind::VmmWithApi => VMM,
+        ThreadKind::Vmm | ThreadKind::VmmWithApi => VMM,
         ThreadKind::Vcpu => &[],
         ThreadKind::Api => API,
     };

@@ -318,3 +318,21 @@ pub fn waiting_guest(dir: &Path) -> PathBuf {
     );
     assemble(dir, "wait", &src)
 }
+
+/// Seccomp mode of every thread of `pid`: (thread name, mode).
+pub fn thread_modes(pid: u32) -> Vec<(String, String)> {
+    let mut modes = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let status = std::fs::read_to_string(task.unwrap().path().join("status")).unwrap_or_default();
+        let field = |key: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .map(|v| v.trim().to_string())
+                .unwrap_or_default()
+        };
+        modes.push((field("Name:"), field("Seccomp:")));
+    }
+    modes.sort();
+    modes
+}
