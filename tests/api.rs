@@ -105,6 +105,16 @@ fn start_vm(api: &Api, cpus: u8) {
     assert_eq!(call(&api.sock, "PUT", "/actions", START).0, 204);
 }
 
+/// `kiln --no-api --config-file FILE`, to its end.
+fn boot_config_file(config: &Path) -> std::process::Output {
+    Command::new(kiln())
+        .args(["--no-api", "--config-file"])
+        .arg(config)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
 fn state(api: &Api) -> String {
     let (status, body) = call(&api.sock, "GET", "/", "");
     assert_eq!(status, 200, "{body}");
@@ -217,12 +227,7 @@ fn a_config_file_boots_at_once_without_an_api() {
         ),
     )
     .unwrap();
-    let out = Command::new(kiln())
-        .args(["--no-api", "--config-file"])
-        .arg(&config)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let out = boot_config_file(&config);
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -241,12 +246,7 @@ fn a_bad_config_file_is_one_line_and_status_1() {
         r#"{"boot-source": {"kernel_image_path": "/k"}, "surprise": 1}"#,
     )
     .unwrap();
-    let out = Command::new(kiln())
-        .args(["--no-api", "--config-file"])
-        .arg(&config)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let out = boot_config_file(&config);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
