@@ -28,6 +28,9 @@ fn in_filtered_child(kind: ThreadKind, attempt: fn()) -> (i32, String) {
         // SAFETY: plain system calls on descriptors this child owns.
         unsafe {
             libc::dup2(fds[1], 2);
+            // Other tests' descriptors (sockets whose close they wait to
+            // see) must not live on in this child.
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
             KIND.with(|k| k.set(kind.name()));
             if seccompiler::apply_filter(&program).is_err() {
                 libc::_exit(90);
