@@ -43,6 +43,8 @@ fn bench_boot_of_a_tiny_guest_writes_table_json_csv_and_png() {
             "kiln,runc",
             "--runs",
             "3",
+            "--density",
+            "1",
             "--out",
             out.to_str().unwrap(),
         ],
@@ -83,6 +85,10 @@ fn bench_boot_of_a_tiny_guest_writes_table_json_csv_and_png() {
     assert!(first_kvm_run <= user_space, "{phases}");
     assert_eq!(kiln["samples"][0]["ready_us"].as_u64(), Some(user_space));
     assert_eq!(json["contenders"][1]["status"], "skipped");
+    // The tiny guest resets once ready, so it cannot idle: one line says so.
+    let idle = kiln["idle_error"].as_str().unwrap();
+    assert!(idle.contains("ended instead of idling"), "{idle}");
+    assert!(stdout.contains("kiln         idle: failed: "), "{stdout}");
 
     let csv = std::fs::read_to_string(out.join("boot.csv")).unwrap();
     assert_eq!(csv.lines().count(), 4, "{csv}");

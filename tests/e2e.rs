@@ -297,7 +297,18 @@ const NESTED_COMMAND: &str = "mkdir -p /scratch && mount -t tmpfs -o size=1536m 
     DISTRO_INITRD=/work/distro-initramfs.cpio.gz VSOCK_PROBE=/work/vsock-probe SCRATCH=/scratch \
     SANDBOX_INITRD=/work/sandbox-initramfs.cpio.gz DEBIAN_ROOTFS=/work/debian-rootfs.ext4 \
     SANDBOX_CHECK=/work/sandbox_check BENCH_BUSYBOX=/work/busybox BENCH_FONT=/work/font.ttf \
+    BENCH_FIRECRACKER=/work/firecracker BENCH_QEMU=/usr/bin/qemu-system-x86_64 \
     DISTRO_SANDBOX_INITRD=/work/distro-sandbox-initramfs.cpio.gz sh /work/suite.sh";
+
+/// The Firecracker binary bench-boot runs as a peer, if this machine has
+/// one: `$KILN_FIRECRACKER`, else what tools/build-peers left in the cache.
+fn firecracker() -> Option<std::path::PathBuf> {
+    let path = match std::env::var_os("KILN_FIRECRACKER").filter(|p| !p.is_empty()) {
+        Some(p) => std::path::PathBuf::from(p),
+        None => Path::new(&std::env::var_os("HOME")?).join(".cache/kiln/peers/firecracker"),
+    };
+    path.is_file().then(|| path.canonicalize().unwrap_or(path))
+}
 
 /// Optional artifacts: (key in the artifact map, file name in the nested
 /// host's /work, as NESTED_COMMAND names them).
@@ -391,6 +402,7 @@ fn run_once(a: &HashMap<String, PathBuf>, rootfs: &Path, only: &str) -> (String,
             .env("SCRATCH", Path::new(env!("CARGO_TARGET_TMPDIR")))
             .env("OUT", out_dir)
             .env("ONLY", only)
+            .env("BENCH_FIRECRACKER", firecracker().unwrap_or_default())
             .stderr(Stdio::inherit())
             .output()
     } else {
@@ -402,6 +414,15 @@ fn run_once(a: &HashMap<String, PathBuf>, rootfs: &Path, only: &str) -> (String,
                 nested.arg("--file").arg(file(src, dst));
             }
         }
+        if let Some(fc) = firecracker() {
+            nested.arg("--file").arg(file(&fc, "firecracker"));
+        }
+        // A symlink (to qboot.rom) on Debian: the file itself goes in.
+        let bios = Path::new("/usr/share/qemu/bios-microvm.bin");
+        let bios = bios.canonicalize().unwrap_or_else(|_| bios.to_path_buf());
+        nested
+            .arg("--file")
+            .arg(format!("{}:/usr/share/qemu/bios-microvm.bin", bios.display()));
         nested
             // A normal run takes a few minutes (the sandbox-library checks
             // boot over 50 microVMs); the limit only catches a stall.
@@ -441,6 +462,9 @@ fn run_once(a: &HashMap<String, PathBuf>, rootfs: &Path, only: &str) -> (String,
                 "runc",
                 "--keep-libs-of",
                 "crun",
+                // and its peer QEMU (-M microvm; its firmware below).
+                "--keep-libs-of",
+                "qemu-system-x86_64",
                 "--file",
                 "/bin/busybox:/work/busybox",
                 "--file",

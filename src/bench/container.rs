@@ -3,6 +3,8 @@
 //! busybox the default guest's initramfs carries, running the same
 //! readiness command (print the marker, exit). `run` creates, starts,
 //! waits for and deletes the container, so every run is a cold start.
+//! A second bundle's process prints the marker and then sleeps: the idle
+//! workload of the memory and density rows.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -10,13 +12,18 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use super::contender::{run_timed, Contender, RunError, Sample, READY_MARKER};
+use super::contender::{run_timed, Contender, IdleSpec, RunError, Sample};
 
 /// The runtimes `--contenders` knows, in the order they run.
 pub const RUNTIMES: &[&str] = &["runc", "crun"];
 
 /// Busybox applets the rootfs needs for the readiness command.
-const APPLETS: &[&str] = &["sh", "echo", "true"];
+const APPLETS: &[&str] = &["sh", "echo", "true", "sleep"];
+
+/// The readiness command of a boot run.
+pub const READY_COMMAND: &str = "echo KILN-GUEST-READY";
+/// The idle workload: ready, then up for a day (until stopped).
+pub const IDLE_COMMAND: &str = "echo KILN-GUEST-READY; exec sleep 86400";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ContainerError {
@@ -37,8 +44,9 @@ pub struct Bundle {
 }
 
 impl Bundle {
-    /// Makes the bundle in `dir` (created; its old contents replaced).
-    pub fn create(dir: &Path, busybox: &Path) -> Result<Self, ContainerError> {
+    /// Makes the bundle in `dir` (created; its old contents replaced),
+    /// whose process is `sh -c COMMAND`.
+    pub fn create(dir: &Path, busybox: &Path, command: &str) -> Result<Self, ContainerError> {
         let err = |source| ContainerError::Bundle {
             path: dir.display().to_string(),
             source,
@@ -52,7 +60,7 @@ impl Bundle {
         for applet in APPLETS {
             std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).map_err(err)?;
         }
-        let text = serde_json::to_vec_pretty(&config_json()).map_err(|e| err(e.into()))?;
+        let text = serde_json::to_vec_pretty(&config_json(command)).map_err(|e| err(e.into()))?;
         std::fs::write(dir.join("config.json"), text).map_err(err)?;
         Ok(Self {
             dir: dir.to_path_buf(),
@@ -65,16 +73,16 @@ impl Bundle {
 }
 
 /// The bundle's `config.json` (OCI runtime spec 1.0): what `runc spec`
-/// generates, with the readiness command as the process and a read-only
-/// root, so the container is an ordinary one, isolated as usual.
-pub fn config_json() -> Value {
+/// generates, with `sh -c COMMAND` as the process and a read-only root,
+/// so the container is an ordinary one, isolated as usual.
+pub fn config_json(command: &str) -> Value {
     let caps = json!(["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"]);
     json!({
         "ociVersion": "1.0.2",
         "process": {
             "terminal": false,
             "user": { "uid": 0, "gid": 0 },
-            "args": ["/bin/sh", "-c", format!("echo {READY_MARKER}")],
+            "args": ["/bin/sh", "-c", command],
             "env": ["PATH=/bin", "TERM=xterm"],
             "cwd": "/",
             "capabilities": {
@@ -174,39 +182,65 @@ pub fn root_is_ramfs(mountinfo: &str) -> bool {
     matches!(fstype_of_root, Some("rootfs" | "ramfs"))
 }
 
-/// One OCI runtime starting the bundle.
+/// The two bundles every runtime runs: the boot run's and the idle one.
+#[derive(Debug)]
+pub struct Bundles {
+    pub ready: Bundle,
+    pub idle: Bundle,
+}
+
+impl Bundles {
+    /// Both bundles under `dir`, from the static busybox found.
+    pub fn create(dir: &Path) -> Result<Self, ContainerError> {
+        let busybox = find_busybox()?;
+        Ok(Self {
+            ready: Bundle::create(&dir.join("bundle"), &busybox, READY_COMMAND)?,
+            idle: Bundle::create(&dir.join("bundle-idle"), &busybox, IDLE_COMMAND)?,
+        })
+    }
+}
+
+/// One OCI runtime starting the bundles.
 pub struct RuntimeContender {
     name: String,
     runtime: PathBuf,
     bundle: PathBuf,
+    idle_bundle: PathBuf,
     no_pivot: bool,
     limit: Duration,
 }
 
 impl RuntimeContender {
-    /// The runtime `name` from PATH, running `bundle`.
-    pub fn new(name: &str, bundle: &Bundle, limit: Duration) -> Result<Self, ContainerError> {
+    /// The runtime `name` from PATH, running `bundles`.
+    pub fn new(name: &str, bundles: &Bundles, limit: Duration) -> Result<Self, ContainerError> {
         let runtime = find_on_path(name).ok_or_else(|| ContainerError::NotFound(name.to_string()))?;
         let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
         Ok(Self {
             name: name.to_string(),
             runtime,
-            bundle: bundle.dir().to_path_buf(),
+            bundle: bundles.ready.dir().to_path_buf(),
+            idle_bundle: bundles.idle.dir().to_path_buf(),
             no_pivot: root_is_ramfs(&mountinfo),
             limit,
         })
     }
 
-    /// The `run` command line for container `id`.
-    pub fn run_args(&self, id: &str) -> Vec<String> {
+    /// The `run` command line for container `id` of `bundle`.
+    pub fn run_args(&self, bundle: &Path, id: &str) -> Vec<String> {
         let mut args = vec!["run".to_string()];
         if self.no_pivot {
             args.push("--no-pivot".to_string());
         }
         args.push("--bundle".to_string());
-        args.push(self.bundle.display().to_string());
+        args.push(bundle.display().to_string());
         args.push(id.to_string());
         args
+    }
+
+    fn delete_command(&self, id: &str) -> Command {
+        let mut command = Command::new(&self.runtime);
+        command.args(["delete", "--force", id]);
+        command
     }
 }
 
@@ -218,14 +252,14 @@ impl Contender for RuntimeContender {
     fn run(&mut self, round: usize) -> Result<Sample, RunError> {
         let id = format!("kiln-bench-{}-{}-{round}", std::process::id(), self.name);
         let mut command = Command::new(&self.runtime);
-        command.args(self.run_args(&id));
+        command.args(self.run_args(&self.bundle, &id));
         let result = run_timed(&mut command, self.limit).and_then(|t| t.check(&self.name));
         let timed = match result {
             Ok(t) => t,
             Err(e) => {
                 // A failed or killed run may leave the container behind.
-                let _ = Command::new(&self.runtime)
-                    .args(["delete", "--force", &id])
+                let _ = self
+                    .delete_command(&id)
                     .stdout(Stdio::null())
                     .stderr(Stdio::null())
                     .status();
@@ -243,6 +277,17 @@ impl Contender for RuntimeContender {
             phases_us: Vec::new(),
         })
     }
+
+    fn idle(&mut self, index: usize) -> Result<IdleSpec, RunError> {
+        let id = format!("kiln-bench-{}-{}-idle-{index}", std::process::id(), self.name);
+        let mut command = Command::new(&self.runtime);
+        command.args(self.run_args(&self.idle_bundle, &id));
+        Ok(IdleSpec {
+            command,
+            guest_kib: None,
+            cleanup: Some(self.delete_command(&id)),
+        })
+    }
 }
 
 #[cfg(test)]
@@ -251,7 +296,9 @@ mod tests {
 
     #[test]
     fn config_runs_the_readiness_command_in_a_read_only_isolated_root() {
-        let c = config_json();
+        assert!(READY_COMMAND.ends_with(crate::bench::contender::READY_MARKER));
+        assert!(IDLE_COMMAND.contains(crate::bench::contender::READY_MARKER));
+        let c = config_json(READY_COMMAND);
         assert_eq!(c["ociVersion"], "1.0.2");
         assert_eq!(
             c["process"]["args"],
@@ -286,10 +333,10 @@ mod tests {
         // Any regular file stands for busybox here.
         let fake = dir.with_extension("busybox");
         std::fs::write(&fake, b"\x7fELF").unwrap();
-        let bundle = Bundle::create(&dir, &fake).unwrap();
+        let bundle = Bundle::create(&dir, &fake, IDLE_COMMAND).unwrap();
         let config: Value =
             serde_json::from_slice(&std::fs::read(bundle.dir().join("config.json")).unwrap()).unwrap();
-        assert_eq!(config, config_json());
+        assert_eq!(config, config_json(IDLE_COMMAND));
         for applet in APPLETS {
             let link = std::fs::read_link(dir.join("rootfs/bin").join(applet)).unwrap();
             assert_eq!(link, Path::new("busybox"));
@@ -297,10 +344,10 @@ mod tests {
         assert_eq!(std::fs::read(dir.join("rootfs/bin/busybox")).unwrap(), b"\x7fELF");
         assert!(dir.join("rootfs/proc").is_dir());
         // Made again over an old one: replaced, not an error.
-        Bundle::create(&dir, &fake).unwrap();
+        Bundle::create(&dir, &fake, READY_COMMAND).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
         std::fs::remove_file(&fake).unwrap();
-        let e = Bundle::create(Path::new("/proc/nope/bundle"), &fake).unwrap_err();
+        let e = Bundle::create(Path::new("/proc/nope/bundle"), &fake, READY_COMMAND).unwrap_err();
         assert!(e.to_string().contains("cannot build the OCI bundle"), "{e}");
     }
 
@@ -329,8 +376,11 @@ mod tests {
     #[test]
     fn missing_runtime_is_a_one_line_reason() {
         let dir = std::env::temp_dir().join(format!("kiln-bundle-nf-{}", std::process::id()));
-        let bundle = Bundle { dir };
-        let e = RuntimeContender::new("no-such-runtime-kiln", &bundle, Duration::from_secs(1))
+        let bundles = Bundles {
+            ready: Bundle { dir: dir.clone() },
+            idle: Bundle { dir },
+        };
+        let e = RuntimeContender::new("no-such-runtime-kiln", &bundles, Duration::from_secs(1))
             .err()
             .unwrap();
         assert_eq!(

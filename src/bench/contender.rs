@@ -54,7 +54,45 @@ pub trait Contender {
     fn name(&self) -> &str;
     /// Does one cold run and measures it.
     fn run(&mut self, round: usize) -> Result<Sample, RunError>;
+    /// How to start instance `index` of the idle workload (print the
+    /// marker, then stay up), for the memory and density rows.
+    fn idle(&mut self, index: usize) -> Result<IdleSpec, RunError>;
 }
+
+/// An instance of the idle workload, not yet started.
+#[derive(Debug)]
+pub struct IdleSpec {
+    pub command: Command,
+    /// The size of the guest RAM mapping in KiB, for a VMM (what the
+    /// memory overhead leaves out).
+    pub guest_kib: Option<u64>,
+    /// Run once the instance is to go, before it is killed (a container
+    /// runtime's `delete --force`).
+    pub cleanup: Option<Command>,
+}
+
+/// The guest every VMM contender boots, the same for all.
+#[derive(Debug, Clone)]
+pub struct VmGuest {
+    pub kernel: std::path::PathBuf,
+    pub initrd: Option<std::path::PathBuf>,
+    /// The kernel command line of a boot run; the idle workload appends
+    /// [`IDLE_GUEST_CMD`].
+    pub cmdline: String,
+    /// Guest memory of the idle instances, MiB: small, so density is the
+    /// VMM's and not the guest's.
+    pub idle_mib: u64,
+}
+
+impl VmGuest {
+    pub fn idle_cmdline(&self) -> String {
+        format!("{} {IDLE_GUEST_CMD}", self.cmdline)
+    }
+}
+
+/// What the idle guest's init runs after the marker: `sleep 86400`, base64
+/// as the default guest's `kiln.cmd=` takes it.
+pub const IDLE_GUEST_CMD: &str = "kiln.cmd=c2xlZXAgODY0MDA=";
 
 /// What [`run_timed`] saw.
 #[derive(Debug)]
@@ -107,7 +145,13 @@ pub fn run_timed(command: &mut Command, limit: Duration) -> Result<Timed, RunErr
     })?;
     let stdout = child.stdout.take();
     let stderr = child.stderr.take();
-    let watcher = thread::spawn(move || stdout.and_then(|s| find_marker(s, READY_MARKER)));
+    let watcher = thread::spawn(move || {
+        let mut found = None;
+        if let Some(s) = stdout {
+            watch_marker(s, READY_MARKER, |at| found = Some(at));
+        }
+        found
+    });
     let collector = thread::spawn(move || stderr.map(tail_of).unwrap_or_default());
     let Some(status) = wait_with_limit(&mut child, limit) else {
         // Not joining the readers: something the killed process started
@@ -152,24 +196,28 @@ fn wait_with_limit(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
     })
 }
 
-/// Reads `from` to its end; returns when `marker` first appeared. Keeps
-/// only a marker's length of the stream, so a flood costs no memory.
-fn find_marker(mut from: impl Read, marker: &str) -> Option<Instant> {
+/// Reads `from` to its end, calling `on_found` with the time `marker`
+/// first appeared, as soon as it does. Keeps only a marker's length of
+/// the stream, so a flood costs no memory.
+pub fn watch_marker(mut from: impl Read, marker: &str, on_found: impl FnOnce(Instant)) {
     let marker = marker.as_bytes();
     let mut buf = [0u8; 8192];
     let mut window: Vec<u8> = Vec::with_capacity(buf.len() + marker.len());
-    let mut found = None;
+    let mut on_found = Some(on_found);
     loop {
         let n = match from.read(&mut buf) {
-            Ok(0) | Err(_) => return found,
+            Ok(0) | Err(_) => return,
             Ok(n) => n,
         };
-        if found.is_some() {
+        if on_found.is_none() {
             continue;
         }
         window.extend_from_slice(&buf[..n]);
         if window.windows(marker.len()).any(|w| w == marker) {
-            found = Some(Instant::now());
+            if let Some(f) = on_found.take() {
+                f(Instant::now());
+            }
+            continue;
         }
         let keep = window.len().min(marker.len().saturating_sub(1));
         window.drain(..window.len() - keep);
@@ -177,7 +225,7 @@ fn find_marker(mut from: impl Read, marker: &str) -> Option<Instant> {
 }
 
 /// The last [`STDERR_TAIL`] bytes `from` writes, as text.
-fn tail_of(mut from: impl Read) -> String {
+pub fn tail_of(mut from: impl Read) -> String {
     let mut tail: Vec<u8> = Vec::new();
     let mut buf = [0u8; 4096];
     loop {
@@ -213,9 +261,14 @@ mod tests {
                 }
             }
         }
+        let find = |from: &mut dyn Read| {
+            let mut found = None;
+            watch_marker(from, READY_MARKER, |at| found = Some(at));
+            found
+        };
         let text = b"boot noise\nKILN-GUEST-READY\nmore\n".to_vec();
-        assert!(find_marker(Trickle(text.into_iter()), READY_MARKER).is_some());
-        assert!(find_marker(&b"KILN-GUEST-READ\n"[..], READY_MARKER).is_none());
+        assert!(find(&mut Trickle(text.into_iter())).is_some());
+        assert!(find(&mut &b"KILN-GUEST-READ\n"[..]).is_none());
     }
 
     #[test]

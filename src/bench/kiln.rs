@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use super::contender::{run_timed, Contender, RunError, Sample};
+use super::contender::{run_timed, Contender, IdleSpec, RunError, Sample, VmGuest};
 use crate::timeline::Phase;
 
 #[derive(Debug, thiserror::Error)]
@@ -29,30 +29,42 @@ impl From<KilnBenchError> for RunError {
     }
 }
 
-/// Boots `kernel` (with `initrd`) once per run.
+/// Boots the guest once per run.
 pub struct KilnContender {
     exe: PathBuf,
-    kernel: PathBuf,
-    initrd: Option<PathBuf>,
+    guest: VmGuest,
     metrics: PathBuf,
     limit: Duration,
 }
 
 impl KilnContender {
     /// `scratch` holds the per-run metrics file.
-    pub fn new(
-        kernel: &Path,
-        initrd: Option<&Path>,
-        scratch: &Path,
-        limit: Duration,
-    ) -> Result<Self, KilnBenchError> {
+    pub fn new(guest: &VmGuest, scratch: &Path, limit: Duration) -> Result<Self, KilnBenchError> {
         Ok(Self {
             exe: std::env::current_exe().map_err(KilnBenchError::CurrentExe)?,
-            kernel: kernel.to_path_buf(),
-            initrd: initrd.map(Path::to_path_buf),
+            guest: guest.clone(),
             metrics: scratch.join("kiln-metrics.json"),
             limit,
         })
+    }
+
+    /// `kiln boot` of the guest with `cmdline` and `memory_mib` (kiln's
+    /// default when None).
+    fn boot_command(&self, cmdline: &str, memory_mib: Option<u64>) -> Command {
+        let mut command = Command::new(&self.exe);
+        command
+            .arg("boot")
+            .arg("--kernel")
+            .arg(&self.guest.kernel)
+            .arg("--cmdline")
+            .arg(cmdline);
+        if let Some(initrd) = &self.guest.initrd {
+            command.arg("--initrd").arg(initrd);
+        }
+        if let Some(mib) = memory_mib {
+            command.arg("--memory").arg(mib.to_string());
+        }
+        command
     }
 }
 
@@ -64,16 +76,8 @@ impl Contender for KilnContender {
     fn run(&mut self, _round: usize) -> Result<Sample, RunError> {
         // A stale record must not pass for this run's.
         let _ = std::fs::remove_file(&self.metrics);
-        let mut command = Command::new(&self.exe);
-        command
-            .arg("boot")
-            .arg("--kernel")
-            .arg(&self.kernel)
-            .arg("--metrics")
-            .arg(&self.metrics);
-        if let Some(initrd) = &self.initrd {
-            command.arg("--initrd").arg(initrd);
-        }
+        let mut command = self.boot_command(&self.guest.cmdline, None);
+        command.arg("--metrics").arg(&self.metrics);
         let timed = run_timed(&mut command, self.limit)?.check("kiln")?;
         let text = std::fs::read_to_string(&self.metrics).map_err(|e| KilnBenchError::Metrics {
             path: self.metrics.display().to_string(),
@@ -92,6 +96,14 @@ impl Contender for KilnContender {
             ready_us,
             exit_us: u64::try_from(timed.exit.as_micros()).unwrap_or(u64::MAX),
             phases_us,
+        })
+    }
+
+    fn idle(&mut self, _index: usize) -> Result<IdleSpec, RunError> {
+        Ok(IdleSpec {
+            command: self.boot_command(&self.guest.idle_cmdline(), Some(self.guest.idle_mib)),
+            guest_kib: Some(self.guest.idle_mib << 10),
+            cleanup: None,
         })
     }
 }

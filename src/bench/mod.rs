@@ -3,12 +3,16 @@
 //! `kiln bench boot` starts each contender N times, cold, alternating
 //! them round by round (each round starts with the next contender) so
 //! drift (thermal, page cache, neighbours) hits all alike, and reports how
-//! long each took to get its workload running and to exit: a table on
-//! stdout, `boot.json`, `boot.csv` and `boot.png` in `--out`.
+//! long each took to get its workload running and to exit; then starts N
+//! idle instances of each at once for the memory and density rows: a
+//! table on stdout, `boot.json`, `boot.csv` and `boot.png` in `--out`.
 
 pub mod container;
 pub mod contender;
+pub mod idle;
 pub mod kiln;
+pub mod memory;
+pub mod peer;
 pub mod plot;
 pub mod report;
 pub mod stats;
@@ -21,18 +25,24 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use self::container::{Bundle, RuntimeContender, RUNTIMES};
-use self::contender::{one_line, Contender};
+use self::container::{Bundles, RuntimeContender, RUNTIMES};
+use self::contender::{one_line, Contender, VmGuest};
 use self::kiln::KilnContender;
-use self::report::{ContenderResult, Report, Status};
+use self::peer::{PeerContender, PeerKind, PEERS};
+use self::report::{ContenderResult, IdleSummary, Report, Status};
+use crate::config::DEFAULT_CMDLINE;
 use crate::vstate::kvm::HostKind;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
-    #[error("unknown contender {0:?}; choose from kiln, runc, crun (comma-separated)")]
+    #[error("unknown contender {0:?}; choose from kiln, runc, crun, firecracker, cloud-hypervisor, qemu (comma-separated)")]
     UnknownContender(String),
     #[error("--runs must be between 1 and 100000")]
     Runs,
+    #[error("--density must be between 0 and 1000")]
+    Density,
+    #[error("--idle-memory must be between 16 and 65536 MiB")]
+    IdleMemory,
     #[error("--out {path}: {source}; give a directory kiln can create or write")]
     OutDir { path: String, source: std::io::Error },
     #[error("no contender could run (see the reasons above)")]
@@ -47,7 +57,10 @@ impl BenchError {
     /// kiln's exit status for this error: 2 for bad flags, else 1.
     pub fn exit_code(&self) -> u8 {
         match self {
-            BenchError::UnknownContender(_) | BenchError::Runs => 2,
+            BenchError::UnknownContender(_)
+            | BenchError::Runs
+            | BenchError::Density
+            | BenchError::IdleMemory => 2,
             _ => 1,
         }
     }
@@ -55,8 +68,9 @@ impl BenchError {
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
-    /// Boot time: N cold starts of kiln and of OCI containers (runc, crun)
-    /// running the same busybox readiness command, side by side.
+    /// Boot time: N cold starts of kiln, of OCI containers (runc, crun)
+    /// running the same busybox readiness command and of other monitors
+    /// booting the same guest, side by side; then memory and density.
     Boot(BootBenchArgs),
 }
 
@@ -65,9 +79,10 @@ pub struct BootBenchArgs {
     /// Measured runs per contender (after one warm-up run each).
     #[arg(long, value_name = "N", default_value_t = 10)]
     pub runs: usize,
-    /// Which contenders run, comma-separated: kiln, runc, crun. Runtimes
-    /// are found on PATH; one that is missing or cannot run here is
-    /// reported with the reason and skipped.
+    /// Which contenders run, comma-separated: kiln, runc, crun,
+    /// firecracker, cloud-hypervisor, qemu. Programs are found on PATH
+    /// unless their flag gives a path; one that is missing or cannot run
+    /// here is reported with the reason and skipped.
     #[arg(
         long,
         value_name = "LIST",
@@ -75,6 +90,29 @@ pub struct BootBenchArgs {
         default_value = "kiln,runc,crun"
     )]
     pub contenders: Vec<String>,
+    /// Firecracker binary to bench beside kiln (adds it to the contenders).
+    #[arg(long, value_name = "PATH")]
+    pub firecracker: Option<PathBuf>,
+    /// Cloud Hypervisor binary to bench beside kiln (adds it).
+    #[arg(long, value_name = "PATH")]
+    pub cloud_hypervisor: Option<PathBuf>,
+    /// qemu-system-x86_64 to bench beside kiln with `-M microvm` (adds it).
+    #[arg(long, value_name = "PATH")]
+    pub qemu: Option<PathBuf>,
+    /// Kernel command line every monitor boots the guest with.
+    #[arg(long, value_name = "ARGS", default_value_t = bench_cmdline())]
+    pub cmdline: String,
+    /// Idle instances of each contender started at once for the memory
+    /// and density rows (0 leaves both out).
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    pub density: usize,
+    /// Guest memory of each idle microVM, MiB.
+    #[arg(long, value_name = "MIB", default_value_t = 64)]
+    pub idle_memory: u64,
+    /// Memory budget the density row fits instances into, MiB (default:
+    /// the host's MemAvailable when the bench starts).
+    #[arg(long, value_name = "MIB")]
+    pub memory_budget: Option<u64>,
     /// Guest kernel kiln boots (default: the default guest, built on first
     /// use; `kiln guest` prints its files).
     #[arg(long, value_name = "PATH")]
@@ -138,6 +176,12 @@ impl Mode {
     }
 }
 
+/// The default `--cmdline`: kiln's default, with the kernel's console
+/// output quiet (the guest's `/init` still prints its marker).
+pub fn bench_cmdline() -> String {
+    format!("{DEFAULT_CMDLINE} quiet")
+}
+
 /// Runs `kiln bench ...`; prints the results, or one line on failure.
 pub fn main(command: BenchCommand) -> ExitCode {
     let BenchCommand::Boot(args) = command;
@@ -150,11 +194,14 @@ pub fn main(command: BenchCommand) -> ExitCode {
     }
 }
 
-/// The contender names asked for, checked, in order, without repeats.
-pub fn parse_contenders(list: &[String]) -> Result<Vec<String>, BenchError> {
+/// The contender names asked for (and the peers given by path), checked,
+/// in order, without repeats.
+pub fn parse_contenders(list: &[String], peers_given: &[&str]) -> Result<Vec<String>, BenchError> {
     let mut names: Vec<String> = Vec::new();
-    for name in list.iter().map(|n| n.trim()).filter(|n| !n.is_empty()) {
-        if name != "kiln" && !RUNTIMES.contains(&name) {
+    let listed = list.iter().map(|n| n.trim()).filter(|n| !n.is_empty());
+    for name in listed.chain(peers_given.iter().copied()) {
+        let known = name == "kiln" || RUNTIMES.contains(&name) || PEERS.iter().any(|p| p.0 == name);
+        if !known {
             return Err(BenchError::UnknownContender(name.to_string()));
         }
         if !names.iter().any(|n| n == name) {
@@ -195,15 +242,32 @@ impl Slot {
                 name: name.to_string(),
                 status,
                 samples: Vec::new(),
+                idle: None,
             },
         }
     }
 }
 
 fn boot(args: &BootBenchArgs) -> Result<(), BenchError> {
-    let names = parse_contenders(&args.contenders)?;
+    let peer_paths = [
+        ("firecracker", &args.firecracker),
+        ("cloud-hypervisor", &args.cloud_hypervisor),
+        ("qemu", &args.qemu),
+    ];
+    let given: Vec<&str> = peer_paths
+        .iter()
+        .filter(|(_, p)| p.is_some())
+        .map(|(n, _)| *n)
+        .collect();
+    let names = parse_contenders(&args.contenders, &given)?;
     if !(1..=100_000).contains(&args.runs) {
         return Err(BenchError::Runs);
+    }
+    if args.density > 1000 {
+        return Err(BenchError::Density);
+    }
+    if !(16..=65536).contains(&args.idle_memory) {
+        return Err(BenchError::IdleMemory);
     }
     let out_err = |source| BenchError::OutDir {
         path: args.out.display().to_string(),
@@ -216,22 +280,40 @@ fn boot(args: &BootBenchArgs) -> Result<(), BenchError> {
     let (mode, mode_detail) = Mode::detect();
 
     let (kernel, initrd) = guest_files(args, mode);
-    let mut bundle: Option<Result<Bundle, String>> = None;
+    let guest = match &kernel {
+        Ok(kernel) => Ok(VmGuest {
+            kernel: kernel.clone(),
+            initrd: initrd.clone(),
+            cmdline: args.cmdline.clone(),
+            idle_mib: args.idle_memory,
+        }),
+        Err(why) => Err(why.clone()),
+    };
+    let mut bundles: Option<Result<Bundles, String>> = None;
     let mut slots: Vec<Slot> = Vec::new();
     for name in &names {
-        let contender: Result<Box<dyn Contender>, String> = if name == "kiln" {
-            match &kernel {
-                Ok(k) => KilnContender::new(k, initrd.as_deref(), &scratch.0, limit)
+        let contender: Result<Box<dyn Contender>, String> = if let Some(kind) = PeerKind::from_name(name) {
+            let path = peer_paths
+                .iter()
+                .find(|(n, _)| n == name)
+                .and_then(|(_, p)| p.as_deref());
+            match &guest {
+                Ok(g) => PeerContender::new(kind, path, g, &scratch.0, limit)
+                    .map(|c| Box::new(c) as Box<dyn Contender>)
+                    .map_err(|e| e.to_string()),
+                Err(why) => Err(why.clone()),
+            }
+        } else if name == "kiln" {
+            match &guest {
+                Ok(g) => KilnContender::new(g, &scratch.0, limit)
                     .map(|c| Box::new(c) as Box<dyn Contender>)
                     .map_err(|e| e.to_string()),
                 Err(why) => Err(why.clone()),
             }
         } else {
-            let bundle = bundle.get_or_insert_with(|| {
-                let busybox = container::find_busybox().map_err(|e| e.to_string())?;
-                Bundle::create(&scratch.0.join("bundle"), &busybox).map_err(|e| e.to_string())
-            });
-            match bundle {
+            let bundles =
+                bundles.get_or_insert_with(|| Bundles::create(&scratch.0).map_err(|e| e.to_string()));
+            match bundles {
                 Ok(b) => RuntimeContender::new(name, b, limit)
                     .map(|c| Box::new(c) as Box<dyn Contender>)
                     .map_err(|e| e.to_string()),
@@ -242,6 +324,13 @@ fn boot(args: &BootBenchArgs) -> Result<(), BenchError> {
     }
 
     run_rounds(&mut slots, args.runs);
+    if args.density > 0 {
+        run_idle_rows(&mut slots, args.density, limit);
+    }
+    let memory_budget_kib = args
+        .memory_budget
+        .map(|m| m << 10)
+        .or_else(|| crate::vstate::memory::proc_kib("/proc/meminfo", "MemAvailable"));
 
     let report = Report {
         mode: mode.name().to_string(),
@@ -252,6 +341,9 @@ fn boot(args: &BootBenchArgs) -> Result<(), BenchError> {
             Err(_) => "(none)".to_string(),
         },
         initrd: initrd.map(|i| i.display().to_string()),
+        cmdline: args.cmdline.clone(),
+        idle_mib: args.idle_memory,
+        memory_budget_kib,
         contenders: slots.into_iter().map(|s| s.result).collect(),
     };
     print!("{}", report.table());
@@ -325,6 +417,22 @@ fn run_rounds(slots: &mut [Slot], runs: usize) {
     bar.finish_and_clear();
 }
 
+/// The memory and density rows: `count` idle instances of each contender
+/// still running, started at once; a failure is that contender's row.
+fn run_idle_rows(slots: &mut [Slot], count: usize, limit: Duration) {
+    for slot in slots.iter_mut() {
+        let Some(contender) = slot.contender.as_mut() else {
+            continue;
+        };
+        eprintln!("kiln: bench: {count} idle {} at once", slot.result.name);
+        slot.result.idle = Some(
+            idle::run_idle(contender.as_mut(), count, limit)
+                .map(IdleSummary::from)
+                .map_err(|e| one_line(&e.to_string())),
+        );
+    }
+}
+
 /// A progress bar on stderr, drawn only when stderr is a terminal.
 fn progress_bar(slots: &[Slot], runs: usize) -> ProgressBar {
     let live = slots.iter().filter(|s| s.contender.is_some()).count() as u64;
@@ -348,14 +456,19 @@ mod tests {
     fn contenders_are_checked_and_deduplicated() {
         let list = |s: &str| s.split(',').map(String::from).collect::<Vec<_>>();
         assert_eq!(
-            parse_contenders(&list("kiln,runc,kiln")).unwrap(),
+            parse_contenders(&list("kiln,runc,kiln"), &[]).unwrap(),
             ["kiln", "runc"]
         );
-        assert_eq!(parse_contenders(&list(" crun ")).unwrap(), ["crun"]);
-        let e = parse_contenders(&list("kiln,docker")).unwrap_err();
+        assert_eq!(parse_contenders(&list(" crun "), &[]).unwrap(), ["crun"]);
+        // Peers given by path join the list once.
+        assert_eq!(
+            parse_contenders(&list("kiln,qemu"), &["firecracker", "qemu"]).unwrap(),
+            ["kiln", "qemu", "firecracker"]
+        );
+        let e = parse_contenders(&list("kiln,docker"), &[]).unwrap_err();
         assert_eq!(e.exit_code(), 2);
         assert!(e.to_string().contains("\"docker\"") && e.to_string().contains("choose from"));
-        assert!(parse_contenders(&list(",")).is_err());
+        assert!(parse_contenders(&list(","), &[]).is_err());
     }
 
     #[test]
@@ -378,6 +491,12 @@ mod tests {
     impl Contender for Scripted {
         fn name(&self) -> &str {
             self.name
+        }
+        fn idle(&mut self, _index: usize) -> Result<contender::IdleSpec, contender::RunError> {
+            Err(contender::RunError::NoMarker {
+                program: self.name.into(),
+                stderr: String::new(),
+            })
         }
         fn run(&mut self, round: usize) -> Result<contender::Sample, contender::RunError> {
             self.log.borrow_mut().push(format!("{}{round}", self.name));

@@ -8,6 +8,8 @@ use serde::ser::SerializeMap;
 use serde::{Serialize, Serializer};
 
 use super::contender::Sample;
+use super::idle::IdleResult;
+use super::memory::MemoryUse;
 use super::stats::{nearest_rank, Summary};
 
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +34,43 @@ pub struct ContenderResult {
     pub name: String,
     pub status: Status,
     pub samples: Vec<Sample>,
+    /// The memory and density rows, or why they failed; None when not run.
+    pub idle: Option<Result<IdleSummary, String>>,
+}
+
+/// The idle instances of one contender, summed up.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct IdleSummary {
+    pub instances: usize,
+    pub all_ready_us: u64,
+    pub starts_per_second: f64,
+    /// Medians over the instances, KiB.
+    pub overhead_kib: u64,
+    pub total_kib: u64,
+    /// The mean total, KiB: what the budget is divided by.
+    pub mean_total_kib: u64,
+    pub memory: Vec<MemoryUse>,
+}
+
+impl From<IdleResult> for IdleSummary {
+    fn from(r: IdleResult) -> Self {
+        Self {
+            instances: r.instances,
+            all_ready_us: r.all_ready_us,
+            starts_per_second: r.starts_per_second(),
+            overhead_kib: r.median(|m| m.overhead_kib),
+            total_kib: r.median(|m| m.total_kib),
+            mean_total_kib: r.memory.iter().map(|m| m.total_kib).sum::<u64>() / r.memory.len().max(1) as u64,
+            memory: r.memory,
+        }
+    }
+}
+
+impl IdleSummary {
+    /// How many instances fit in `budget_kib`.
+    pub fn fit_in(&self, budget_kib: u64) -> u64 {
+        budget_kib / self.mean_total_kib.max(1)
+    }
 }
 
 impl ContenderResult {
@@ -78,6 +117,12 @@ pub struct Report {
     pub runs: usize,
     pub kernel: String,
     pub initrd: Option<String>,
+    /// The kernel command line the monitors booted with.
+    pub cmdline: String,
+    /// Guest memory of each idle microVM, MiB.
+    pub idle_mib: u64,
+    /// What the density row fits instances into, KiB.
+    pub memory_budget_kib: Option<u64>,
     pub contenders: Vec<ContenderResult>,
 }
 
@@ -93,7 +138,7 @@ impl Report {
 
     /// The container the ratios compare with: the first that ran.
     pub fn container_reference(&self) -> Option<(&str, u64)> {
-        self.reference(|n| n != "kiln")
+        self.reference(|n| super::container::RUNTIMES.contains(&n))
     }
 
     pub fn kiln_reference(&self) -> Option<(&str, u64)> {
@@ -168,7 +213,56 @@ impl Report {
                 }
             }
         }
+        self.idle_table(&mut out);
         out
+    }
+
+    /// The memory and density rows, if any contender had them.
+    fn idle_table(&self, out: &mut String) {
+        let Some(count) = self
+            .contenders
+            .iter()
+            .find_map(|c| Some(c.idle.as_ref()?.as_ref().ok()?.instances))
+        else {
+            for c in &self.contenders {
+                if let Some(Err(why)) = &c.idle {
+                    let _ = writeln!(out, "{:<12} idle: failed: {why}", c.name);
+                }
+            }
+            return;
+        };
+        let budget = self.memory_budget_kib;
+        let _ = writeln!(
+            out,
+            "\n{count} idle instances at once (guest memory {} MiB), memory per instance:",
+            self.idle_mib
+        );
+        let fit_head = budget.map_or("-".to_string(), |b| format!("fit {} MiB", b >> 10));
+        let _ = writeln!(
+            out,
+            "{:<18}{:>14}{:>11}{:>16}{:>14}",
+            "idle", "overhead MiB", "total MiB", "ready/s (all)", fit_head
+        );
+        let mib = |kib: u64| format!("{:.2}", kib as f64 / 1024.0);
+        for c in &self.contenders {
+            match &c.idle {
+                Some(Ok(i)) => {
+                    let _ = writeln!(
+                        out,
+                        "{:<18}{:>14}{:>11}{:>16.2}{:>14}",
+                        c.name,
+                        mib(i.overhead_kib),
+                        mib(i.total_kib),
+                        i.starts_per_second,
+                        budget.map_or("-".to_string(), |b| i.fit_in(b).to_string())
+                    );
+                }
+                Some(Err(why)) => {
+                    let _ = writeln!(out, "{:<18} failed: {why}", c.name);
+                }
+                None => {}
+            }
+        }
     }
 
     /// The JSON file: everything, every sample included.
@@ -242,6 +336,9 @@ impl Serialize for JsonReport<'_> {
         map.serialize_entry("runs", &r.runs)?;
         map.serialize_entry("kernel", &r.kernel)?;
         map.serialize_entry("initrd", &r.initrd)?;
+        map.serialize_entry("cmdline", &r.cmdline)?;
+        map.serialize_entry("idle_memory_mib", &r.idle_mib)?;
+        map.serialize_entry("memory_budget_kib", &r.memory_budget_kib)?;
         map.serialize_entry("container_reference", &r.container_reference().map(|c| c.0))?;
         let contenders: Vec<JsonContender> = r.contenders.iter().map(JsonContender).collect();
         map.serialize_entry("contenders", &contenders)?;
@@ -268,6 +365,11 @@ impl Serialize for JsonContender<'_> {
         map.serialize_entry("phase_medians_us", &PhaseMap(&c.phase_medians()))?;
         let samples: Vec<JsonSample> = c.samples.iter().map(JsonSample).collect();
         map.serialize_entry("samples", &samples)?;
+        match &c.idle {
+            Some(Ok(idle)) => map.serialize_entry("idle", idle)?,
+            Some(Err(why)) => map.serialize_entry("idle_error", why)?,
+            None => {}
+        }
         map.end()
     }
 }

@@ -35,21 +35,27 @@ pub(crate) fn example() -> Report {
         runs: 5,
         kernel: "/k/vmlinux".to_string(),
         initrd: Some("/k/initramfs.cpio.gz".to_string()),
+        cmdline: "console=ttyS0 quiet".to_string(),
+        idle_mib: 64,
+        memory_budget_kib: None,
         contenders: vec![
             ContenderResult {
                 name: "kiln".to_string(),
                 status: Status::Ok,
                 samples: kiln,
+                idle: None,
             },
             ContenderResult {
                 name: "runc".to_string(),
                 status: Status::Ok,
                 samples: runc,
+                idle: None,
             },
             ContenderResult {
                 name: "crun".to_string(),
                 status: Status::Skipped("crun cannot use this host's cgroups".to_string()),
                 samples: Vec::new(),
+                idle: None,
             },
         ],
     }
@@ -145,6 +151,53 @@ fn files_are_written_and_a_bad_directory_is_one_clear_error() {
     std::fs::remove_dir_all(&dir).unwrap();
     let e = example().write_files(&dir).unwrap_err().to_string();
     assert!(e.starts_with("cannot write") && e.contains("--out"), "{e}");
+}
+
+/// `example()` with idle rows: kiln's measured, runc's failed.
+fn with_idle() -> Report {
+    let mut r = example();
+    let m = |overhead_kib, total_kib| MemoryUse {
+        overhead_kib,
+        total_kib,
+    };
+    r.memory_budget_kib = Some(1 << 20);
+    r.contenders[0].idle = Some(Ok(IdleSummary::from(IdleResult {
+        instances: 2,
+        all_ready_us: 400_000,
+        memory: vec![m(3072, 20_480), m(2048, 12_288)],
+    })));
+    r.contenders[1].idle = Some(Err("runc failed".to_string()));
+    r
+}
+
+#[test]
+fn idle_rows_give_memory_rates_and_the_budget_fit() {
+    let table = with_idle().table();
+    let lines: Vec<&str> = table.lines().collect();
+    let head = lines
+        .iter()
+        .position(|l| l.starts_with("2 idle instances"))
+        .unwrap();
+    assert!(lines[head].contains("guest memory 64 MiB"), "{table}");
+    assert!(lines[head + 1].contains("fit 1024 MiB"), "{table}");
+    let kiln: Vec<&str> = lines[head + 2].split_whitespace().collect();
+    // Medians by nearest rank; 2 ready in 0.4 s; 1 GiB / 16 MiB mean.
+    assert_eq!(kiln, ["kiln", "2.00", "12.00", "5.00", "64"]);
+    assert_eq!(lines[head + 3], format!("{:<18} failed: runc failed", "runc"));
+    let v: serde_json::Value = serde_json::from_str(&with_idle().json()).unwrap();
+    assert_eq!(v["memory_budget_kib"], 1 << 20);
+    assert_eq!(v["cmdline"], "console=ttyS0 quiet");
+    assert_eq!(v["contenders"][0]["idle"]["overhead_kib"], 2048);
+    assert_eq!(v["contenders"][0]["idle"]["memory"].as_array().unwrap().len(), 2);
+    assert_eq!(v["contenders"][1]["idle_error"], "runc failed");
+    assert!(v["contenders"][2].get("idle").is_none());
+}
+
+#[test]
+fn peers_are_not_the_container_reference() {
+    let mut r = example();
+    r.contenders[1].name = "firecracker".to_string();
+    assert_eq!(r.container_reference(), None);
 }
 
 #[test]
