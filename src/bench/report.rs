@@ -164,10 +164,12 @@ impl Report {
         );
         let container = self.container_reference();
         let kiln = self.kiln_reference();
+        // The name column fits the longest name ("cloud-hypervisor").
+        let w = self.contenders.iter().map(|c| c.name.len() + 1).fold(12, usize::max);
         let vs = |name: Option<(&str, u64)>| name.map_or("-".to_string(), |(n, _)| format!("vs {n}"));
         let _ = writeln!(
             out,
-            "{:<12}{:>5}{:>10}{:>10}{:>10}{:>10}{:>12}{:>9}{:>9}",
+            "{:<w$}{:>5}{:>10}{:>10}{:>10}{:>10}{:>12}{:>9}{:>9}",
             "ms to ready",
             "runs",
             "min",
@@ -186,7 +188,7 @@ impl Report {
                 };
                 let _ = writeln!(
                     out,
-                    "{:<12}{:>5}{:>10}{:>10}{:>10}{:>10}{:>12}{:>9}{:>9}",
+                    "{:<w$}{:>5}{:>10}{:>10}{:>10}{:>10}{:>12}{:>9}{:>9}",
                     c.name,
                     r.runs,
                     ms(r.min),
@@ -201,12 +203,12 @@ impl Report {
             match &c.status {
                 Status::Ok => {}
                 Status::Skipped(why) => {
-                    let _ = writeln!(out, "{:<12} skipped: {why}", c.name);
+                    let _ = writeln!(out, "{:<w$} skipped: {why}", c.name);
                 }
                 Status::Failed(why) => {
                     let _ = writeln!(
                         out,
-                        "{:<12} stopped after {} runs: {why}",
+                        "{:<w$} stopped after {} runs: {why}",
                         c.name,
                         c.samples.len()
                     );

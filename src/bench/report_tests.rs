@@ -196,8 +196,12 @@ fn idle_rows_give_memory_rates_and_the_budget_fit() {
 #[test]
 fn peers_are_not_the_container_reference() {
     let mut r = example();
-    r.contenders[1].name = "firecracker".to_string();
+    r.contenders[1].name = "cloud-hypervisor".to_string();
     assert_eq!(r.container_reference(), None);
+    // The longest name still leaves a space before its figures.
+    let table = r.table();
+    let row = table.lines().find(|l| l.starts_with("cloud-hypervisor")).unwrap();
+    assert!(row.starts_with("cloud-hypervisor     5"), "{table}");
 }
 
 #[test]
