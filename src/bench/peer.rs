@@ -341,6 +341,48 @@ mod tests {
         std::fs::remove_dir_all(&scratch).unwrap();
     }
 
+    /// A stand-in for a peer: a script that logs Firecracker's boot-timer
+    /// line where `--log-path` says, prints the marker, and idles when the
+    /// command line asks the guest to.
+    fn fake_peer(dir: &Path) -> PathBuf {
+        let path = dir.join("fake-peer");
+        std::fs::write(
+            &path,
+            "#!/bin/sh\nlog=/dev/null\nwhile [ $# -gt 0 ]; do [ \"$1\" = --log-path ] && log=$2; shift; done\n\
+             echo 'x [anonymous-instance:fc_vcpu 0] Guest-boot-time =   4321 us 4 ms,    100 CPU us 0 CPU ms' >>\"$log\"\n\
+             echo KILN-GUEST-READY\n\
+             grep -q c2xlZXAgODY0MDA= \"$(dirname \"$0\")\"/*idle*.json 2>/dev/null && exec sleep 30\n\
+             exit 0\n",
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        path
+    }
+
+    #[test]
+    fn a_run_reads_firecrackers_timer_and_others_the_marker() {
+        let scratch = std::env::temp_dir().join(format!("kiln-peer-run-{}", std::process::id()));
+        std::fs::create_dir_all(&scratch).unwrap();
+        let fake = fake_peer(&scratch);
+        let limit = Duration::from_secs(20);
+        let mut fc =
+            PeerContender::new(PeerKind::Firecracker, Some(&fake), &guest(), &scratch, limit).unwrap();
+        let sample = fc.run(1).unwrap();
+        assert_eq!(sample.ready_us, 4321);
+        assert!(sample.exit_us > 0);
+        let mut qemu = PeerContender::new(PeerKind::Qemu, Some(&fake), &guest(), &scratch, limit).unwrap();
+        let sample = qemu.run(1).unwrap();
+        assert!(
+            sample.ready_us > 0 && sample.ready_us <= sample.exit_us,
+            "{sample:?}"
+        );
+        // Firecracker's idle instance: its config asks the guest to sleep.
+        let idle = crate::bench::idle::run_idle(&mut fc, 2, limit).unwrap();
+        assert_eq!(idle.memory.len(), 2);
+        std::fs::remove_dir_all(&scratch).unwrap();
+    }
+
     #[test]
     fn firecrackers_boot_timer_line_is_read() {
         let log = "2026-12-06T22:00:00 [anonymous-instance:main] Running Firecracker v1.9.1\n\

@@ -165,7 +165,11 @@ impl Report {
         let container = self.container_reference();
         let kiln = self.kiln_reference();
         // The name column fits the longest name ("cloud-hypervisor").
-        let w = self.contenders.iter().map(|c| c.name.len() + 1).fold(12, usize::max);
+        let w = self
+            .contenders
+            .iter()
+            .map(|c| c.name.len() + 1)
+            .fold(12, usize::max);
         let vs = |name: Option<(&str, u64)>| name.map_or("-".to_string(), |(n, _)| format!("vs {n}"));
         let _ = writeln!(
             out,
