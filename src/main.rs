@@ -69,9 +69,11 @@ struct BootArgs {
     /// Initial ramdisk to load for the kernel.
     #[arg(long, value_name = "PATH")]
     initrd: Option<PathBuf>,
-    /// Kernel command line; replaces the default shown here.
-    #[arg(long, value_name = "ARGS", default_value = config::DEFAULT_CMDLINE)]
-    cmdline: String,
+    /// Kernel command line; replaces the default: "console=ttyS0 reboot=k
+    /// panic=1 pci=off i8042.noaux i8042.nomux i8042.dumbkbd", plus "quiet
+    /// 8250.nr_uarts=1" for the default guest.
+    #[arg(long, value_name = "ARGS")]
+    cmdline: Option<String>,
     /// Number of vCPUs (1 to 254, and no more than KVM allows).
     #[arg(long, value_name = "N", default_value_t = u64::from(config::DEFAULT_CPUS))]
     cpus: u64,
@@ -137,7 +139,9 @@ impl BootArgs {
     fn into_config(self, kernel: PathBuf) -> Result<VmConfig, config::ConfigError> {
         let mut c = VmConfig::new(kernel);
         c.initrd = self.initrd;
-        c.cmdline = self.cmdline;
+        c.cmdline = self
+            .cmdline
+            .unwrap_or_else(|| config::DEFAULT_CMDLINE.to_string());
         c.cpus = config::validate_cpus(self.cpus)?;
         c.memory_mib = self.memory;
         c.acpi = !self.no_acpi;
@@ -181,6 +185,7 @@ fn default_guest(args: &mut BootArgs) -> Result<PathBuf, String> {
     }
     let guest = kiln::default_guest::ensure().map_err(|e| e.to_string())?;
     args.initrd.get_or_insert(guest.initrd);
+    args.cmdline.get_or_insert_with(config::default_guest_cmdline);
     Ok(guest.kernel)
 }
 

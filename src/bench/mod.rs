@@ -30,7 +30,6 @@ use self::contender::{one_line, Contender, VmGuest};
 use self::kiln::KilnContender;
 use self::peer::{PeerContender, PeerKind, PEERS};
 use self::report::{ContenderResult, IdleSummary, Report, Status};
-use crate::config::DEFAULT_CMDLINE;
 use crate::vstate::kvm::HostKind;
 
 #[derive(Debug, thiserror::Error)]
@@ -99,8 +98,9 @@ pub struct BootBenchArgs {
     /// qemu-system-x86_64 to bench beside kiln with `-M microvm` (adds it).
     #[arg(long, value_name = "PATH")]
     pub qemu: Option<PathBuf>,
-    /// Kernel command line every monitor boots the guest with.
-    #[arg(long, value_name = "ARGS", default_value_t = bench_cmdline())]
+    /// Kernel command line every monitor boots the guest with (the
+    /// default guest's).
+    #[arg(long, value_name = "ARGS", default_value_t = crate::config::default_guest_cmdline())]
     pub cmdline: String,
     /// Idle instances of each contender started at once for the memory
     /// and density rows (0 leaves both out).
@@ -174,12 +174,6 @@ impl Mode {
         let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
         Self::detect_from(HostKind::detect(), &cpuinfo)
     }
-}
-
-/// The default `--cmdline`: kiln's default, with the kernel's console
-/// output quiet (the guest's `/init` still prints its marker).
-pub fn bench_cmdline() -> String {
-    format!("{DEFAULT_CMDLINE} quiet")
 }
 
 /// Runs `kiln bench ...`; prints the results, or one line on failure.

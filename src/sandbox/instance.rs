@@ -17,7 +17,7 @@ use super::protocol::{AGENT_VSOCK_PORT, DEFAULT_OUTPUT_CAP};
 use super::transfer::Limits;
 use super::vm::{wait_for_agent, Shared, VmThread};
 use crate::config::jail::JailConfig;
-use crate::config::{DiskConfig, NetConfig, VmConfig, VsockConfig, DEFAULT_CMDLINE};
+use crate::config::{DiskConfig, NetConfig, VmConfig, VsockConfig};
 use crate::devices::virtio::block::BlockConfig;
 use crate::seccomp::SeccompMode;
 
@@ -215,7 +215,7 @@ impl SandboxBuilder {
     fn vm_config(&self, kernel: PathBuf, initrd: PathBuf, socket: PathBuf) -> Result<VmConfig, SandboxError> {
         let mut config = VmConfig::new(kernel);
         config.initrd = Some(initrd);
-        config.cmdline = format!("{DEFAULT_CMDLINE} quiet");
+        config.cmdline = crate::config::default_guest_cmdline();
         config.cpus = crate::config::validate_cpus(u64::from(self.cpus))?;
         config.memory_mib = self.memory_mib;
         config.force = self.force;
