@@ -313,12 +313,16 @@ fn create_vcpus(s: VcpuSetup) -> Result<Vec<Vcpu>, BuildError> {
         .kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(kvm_op("report supported CPUID"))?;
+    let options = cpuid::CpuidOptions {
+        cpus: s.cpus,
+        tsc_deadline: s.kvm.check_extension(kvm_ioctls::Cap::TscDeadlineTimer),
+    };
     let mut vcpus = Vec::with_capacity(usize::from(s.cpus));
     for index in 0..s.cpus {
         let fd =
             s.vm.create_vcpu(u64::from(index))
                 .map_err(kvm_op("create a vCPU"))?;
-        fd.set_cpuid2(&cpuid::vcpu_cpuid(&supported, index, s.cpus))
+        fd.set_cpuid2(&cpuid::vcpu_cpuid(&supported, index, options))
             .map_err(kvm_op("set CPUID"))?;
         regs::setup_msrs(&fd)?;
         regs::setup_fpu(&fd)?;

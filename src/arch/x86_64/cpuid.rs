@@ -1,6 +1,6 @@
 //! Per-vCPU CPUID: KVM's supported set, normalised so each vCPU sees its
-//! own APIC ID, a consistent topology (one socket, `cpus` cores, no SMT)
-//! and the hypervisor bit.
+//! own APIC ID, a consistent topology (one socket, `cpus` cores, no SMT),
+//! the hypervisor bit and, where KVM emulates it, the TSC-deadline timer.
 
 use kvm_bindings::{kvm_cpuid_entry2, CpuId, KVM_CPUID_FLAG_SIGNIFCANT_INDEX};
 
@@ -13,6 +13,11 @@ const LEAF_AMD_SIZES: u32 = 0x8000_0008;
 const LEAF_AMD_TOPOLOGY: u32 = 0x8000_001e;
 
 const ECX_HYPERVISOR: u32 = 1 << 31;
+/// KVM emulates the LAPIC's TSC-deadline mode (KVM_CAP_TSC_DEADLINE_TIMER)
+/// but leaves the bit out of KVM_GET_SUPPORTED_CPUID for the VMM to set.
+/// Without it Linux calibrates the LAPIC timer against another clock
+/// instead, a busy wait of about 100 ms of the default guest's boot.
+const ECX_TSC_DEADLINE: u32 = 1 << 24;
 const EDX_HTT: u32 = 1 << 28;
 const TOPOLOGY_LEVEL_SMT: u32 = 1;
 const TOPOLOGY_LEVEL_CORE: u32 = 2;
@@ -22,8 +27,17 @@ fn core_id_bits(cpus: u8) -> u32 {
     u32::from(cpus).next_power_of_two().trailing_zeros()
 }
 
-/// Rewrites `entries` (KVM_GET_SUPPORTED_CPUID output) for vCPU `index` of `cpus`.
-pub fn normalize_entries(entries: &mut [kvm_cpuid_entry2], index: u8, cpus: u8) {
+/// What the vCPUs' CPUID says beyond KVM's supported set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CpuidOptions {
+    pub cpus: u8,
+    /// KVM has KVM_CAP_TSC_DEADLINE_TIMER.
+    pub tsc_deadline: bool,
+}
+
+/// Rewrites `entries` (KVM_GET_SUPPORTED_CPUID output) for vCPU `index`.
+pub fn normalize_entries(entries: &mut [kvm_cpuid_entry2], index: u8, options: CpuidOptions) {
+    let cpus = options.cpus;
     let apic_id = u32::from(index);
     let cpus32 = u32::from(cpus);
     for e in entries.iter_mut() {
@@ -33,6 +47,9 @@ pub fn normalize_entries(entries: &mut [kvm_cpuid_entry2], index: u8, cpus: u8) 
                 // [15:8] CLFLUSH line size in 8-byte units.
                 e.ebx = (apic_id << 24) | (cpus32 << 16) | (8 << 8) | (e.ebx & 0xff);
                 e.ecx |= ECX_HYPERVISOR;
+                if options.tsc_deadline {
+                    e.ecx |= ECX_TSC_DEADLINE;
+                }
                 if cpus > 1 {
                     e.edx |= EDX_HTT;
                 } else {
@@ -118,11 +135,11 @@ fn ensure_topology_leaf(cpuid: &mut CpuId) {
     }
 }
 
-/// Returns the CPUID table for vCPU `index` of `cpus`.
-pub fn vcpu_cpuid(supported: &CpuId, index: u8, cpus: u8) -> CpuId {
+/// Returns the CPUID table for vCPU `index`.
+pub fn vcpu_cpuid(supported: &CpuId, index: u8, options: CpuidOptions) -> CpuId {
     let mut cpuid = supported.clone();
     ensure_topology_leaf(&mut cpuid);
-    normalize_entries(cpuid.as_mut_slice(), index, cpus);
+    normalize_entries(cpuid.as_mut_slice(), index, options);
     cpuid
 }
 
@@ -154,6 +171,13 @@ mod tests {
         .unwrap()
     }
 
+    fn opts(cpus: u8) -> CpuidOptions {
+        CpuidOptions {
+            cpus,
+            tsc_deadline: true,
+        }
+    }
+
     fn find(c: &CpuId, f: u32, i: u32) -> kvm_cpuid_entry2 {
         *c.as_slice()
             .iter()
@@ -165,7 +189,7 @@ mod tests {
     fn apic_id_and_count_per_vcpu() {
         let s = sample();
         for idx in 0..4u8 {
-            let c = vcpu_cpuid(&s, idx, 4);
+            let c = vcpu_cpuid(&s, idx, opts(4));
             let l1 = find(&c, LEAF_FEATURES, 0);
             assert_eq!(l1.ebx >> 24, u32::from(idx));
             assert_eq!((l1.ebx >> 16) & 0xff, 4);
@@ -178,7 +202,7 @@ mod tests {
 
     #[test]
     fn topology_leaf_added_and_consistent() {
-        let c = vcpu_cpuid(&sample(), 1, 3);
+        let c = vcpu_cpuid(&sample(), 1, opts(3));
         let smt = find(&c, LEAF_TOPOLOGY, 0);
         let core = find(&c, LEAF_TOPOLOGY, 1);
         assert_eq!((smt.eax, smt.ebx, smt.ecx >> 8), (0, 1, TOPOLOGY_LEVEL_SMT));
@@ -188,11 +212,23 @@ mod tests {
 
     #[test]
     fn single_cpu_has_no_htt_and_no_pmu() {
-        let c = vcpu_cpuid(&sample(), 0, 1);
+        let c = vcpu_cpuid(&sample(), 0, opts(1));
         assert_eq!(find(&c, LEAF_FEATURES, 0).edx & EDX_HTT, 0);
         let pmu = find(&c, LEAF_PERFMON, 0);
         assert_eq!((pmu.eax, pmu.ebx), (0, 0));
         assert_eq!(find(&c, LEAF_TOPOLOGY, 1).eax, 0);
+    }
+
+    #[test]
+    fn the_tsc_deadline_timer_is_offered_only_where_kvm_has_it() {
+        let with = vcpu_cpuid(&sample(), 0, opts(1));
+        assert_ne!(find(&with, LEAF_FEATURES, 0).ecx & ECX_TSC_DEADLINE, 0);
+        let without = CpuidOptions {
+            cpus: 1,
+            tsc_deadline: false,
+        };
+        let c = vcpu_cpuid(&sample(), 0, without);
+        assert_eq!(find(&c, LEAF_FEATURES, 0).ecx & ECX_TSC_DEADLINE, 0);
     }
 
     #[test]
@@ -210,7 +246,7 @@ mod tests {
             eax: (3 << 5) | 0x3,
             ..Default::default()
         }];
-        normalize_entries(&mut e, 0, 4);
+        normalize_entries(&mut e, 0, opts(4));
         assert_eq!(e[0].eax >> 26, 3);
         assert_eq!((e[0].eax >> 14) & 0xfff, 3);
     }
