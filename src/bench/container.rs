@@ -274,6 +274,7 @@ impl Contender for RuntimeContender {
         Ok(Sample {
             ready_us: us(ready),
             exit_us: us(timed.exit),
+            marker_us: Some(us(ready)),
             phases_us: Vec::new(),
         })
     }

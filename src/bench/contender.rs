@@ -43,6 +43,10 @@ pub struct Sample {
     pub ready_us: u64,
     /// Until the contender's process exited (everything torn down).
     pub exit_us: u64,
+    /// From spawn until the marker appeared on its stdout (the guest's
+    /// serial console, the container's output): the same measure for
+    /// every contender, where `ready_us` is each one's best own measure.
+    pub marker_us: Option<u64>,
     /// Finer phases, cumulative, in order (kiln's boot timeline); empty
     /// for contenders that have none.
     pub phases_us: Vec<(String, u64)>,

@@ -92,9 +92,11 @@ impl Contender for KilnContender {
             .find(|(name, _)| name == Phase::UserSpace.name())
             .map(|(_, us)| *us)
             .ok_or(KilnBenchError::NoUserSpace)?;
+        let us = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
         Ok(Sample {
             ready_us,
-            exit_us: u64::try_from(timed.exit.as_micros()).unwrap_or(u64::MAX),
+            exit_us: us(timed.exit),
+            marker_us: timed.ready.map(us),
             phases_us,
         })
     }

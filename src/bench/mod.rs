@@ -503,6 +503,7 @@ mod tests {
             Ok(contender::Sample {
                 ready_us: round as u64,
                 exit_us: round as u64 + 1,
+                marker_us: None,
                 phases_us: Vec::new(),
             })
         }

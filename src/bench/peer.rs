@@ -238,6 +238,7 @@ impl Contender for PeerContender {
         Ok(Sample {
             ready_us,
             exit_us: us(timed.exit),
+            marker_us: timed.ready.map(us),
             phases_us: Vec::new(),
         })
     }

@@ -82,6 +82,17 @@ impl ContenderResult {
         Summary::of(&self.samples.iter().map(|s| s.exit_us).collect::<Vec<_>>())
     }
 
+    /// Spawn to the marker, over the runs that printed it.
+    pub fn marker(&self) -> Option<Summary> {
+        Summary::of(
+            &self
+                .samples
+                .iter()
+                .filter_map(|s| s.marker_us)
+                .collect::<Vec<_>>(),
+        )
+    }
+
     /// Each phase's median over the runs that reached it, in boot order.
     pub fn phase_medians(&self) -> Vec<(String, u64)> {
         let mut names: Vec<&str> = Vec::new();
@@ -173,13 +184,14 @@ impl Report {
         let vs = |name: Option<(&str, u64)>| name.map_or("-".to_string(), |(n, _)| format!("vs {n}"));
         let _ = writeln!(
             out,
-            "{:<w$}{:>5}{:>10}{:>10}{:>10}{:>10}{:>12}{:>9}{:>9}",
+            "{:<w$}{:>5}{:>10}{:>10}{:>10}{:>10}{:>10}{:>12}{:>9}{:>9}",
             "ms to ready",
             "runs",
             "min",
             "median",
             "p90",
             "max",
+            "marker",
             "exit median",
             vs(container),
             vs(kiln)
@@ -192,13 +204,14 @@ impl Report {
                 };
                 let _ = writeln!(
                     out,
-                    "{:<w$}{:>5}{:>10}{:>10}{:>10}{:>10}{:>12}{:>9}{:>9}",
+                    "{:<w$}{:>5}{:>10}{:>10}{:>10}{:>10}{:>10}{:>12}{:>9}{:>9}",
                     c.name,
                     r.runs,
                     ms(r.min),
                     ms(r.median),
                     ms(r.p90),
                     ms(r.max),
+                    c.marker().map_or("-".to_string(), |m| ms(m.median)),
                     ms(e.median),
                     ratio(container),
                     ratio(kiln)
@@ -291,14 +304,15 @@ impl Report {
                 }
             }
         }
-        let mut out = String::from("contender,run,ready_us,exit_us");
+        let mut out = String::from("contender,run,ready_us,exit_us,marker_us");
         for p in &phases {
             let _ = write!(out, ",{p}_us");
         }
         out.push('\n');
         for c in &self.contenders {
             for (i, s) in c.samples.iter().enumerate() {
-                let _ = write!(out, "{},{},{},{}", c.name, i + 1, s.ready_us, s.exit_us);
+                let marker = s.marker_us.map(|m| m.to_string()).unwrap_or_default();
+                let _ = write!(out, "{},{},{},{},{marker}", c.name, i + 1, s.ready_us, s.exit_us);
                 for p in &phases {
                     out.push(',');
                     if let Some((_, us)) = s.phases_us.iter().find(|(n, _)| n == p) {
@@ -368,6 +382,7 @@ impl Serialize for JsonContender<'_> {
         map.serialize_entry("reason", &reason)?;
         map.serialize_entry("ready_us", &c.ready())?;
         map.serialize_entry("exit_us", &c.exit())?;
+        map.serialize_entry("marker_us", &c.marker())?;
         map.serialize_entry("phase_medians_us", &PhaseMap(&c.phase_medians()))?;
         let samples: Vec<JsonSample> = c.samples.iter().map(JsonSample).collect();
         map.serialize_entry("samples", &samples)?;
@@ -384,9 +399,10 @@ struct JsonSample<'a>(&'a Sample);
 
 impl Serialize for JsonSample<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut map = serializer.serialize_map(Some(3))?;
+        let mut map = serializer.serialize_map(Some(4))?;
         map.serialize_entry("ready_us", &self.0.ready_us)?;
         map.serialize_entry("exit_us", &self.0.exit_us)?;
+        map.serialize_entry("marker_us", &self.0.marker_us)?;
         map.serialize_entry("phases_us", &PhaseMap(&self.0.phases_us))?;
         map.end()
     }

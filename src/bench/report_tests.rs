@@ -4,6 +4,7 @@ fn sample(ready_us: u64, exit_us: u64, phases: &[(&str, u64)]) -> Sample {
     Sample {
         ready_us,
         exit_us,
+        marker_us: Some(ready_us + 500),
         phases_us: phases.iter().map(|(n, us)| (n.to_string(), *us)).collect(),
     }
 }
@@ -74,15 +75,15 @@ fn table_has_stats_ratios_and_skip_reasons() {
         "{table}"
     );
     let kiln: Vec<&str> = lines[3].split_whitespace().collect();
-    // name runs min median p90 max exit-median vs-runc vs-kiln
+    // name runs min median p90 max marker exit-median vs-runc vs-kiln
     assert_eq!(
         kiln,
-        ["kiln", "5", "101.000", "103.000", "105.000", "105.000", "153.000", "2.06x", "1.00x"]
+        ["kiln", "5", "101.000", "103.000", "105.000", "105.000", "103.500", "153.000", "2.06x", "1.00x"]
     );
     let runc: Vec<&str> = lines[4].split_whitespace().collect();
     assert_eq!(
         runc,
-        ["runc", "5", "40.000", "50.000", "60.000", "60.000", "60.000", "1.00x", "0.49x"]
+        ["runc", "5", "40.000", "50.000", "60.000", "60.000", "50.500", "60.000", "1.00x", "0.49x"]
     );
     assert_eq!(
         lines[5],
@@ -97,7 +98,7 @@ fn table_without_a_container_shows_no_container_ratio() {
     r.contenders.retain(|c| c.name == "kiln");
     let table = r.table();
     let kiln: Vec<&str> = table.lines().nth(3).unwrap().split_whitespace().collect();
-    assert_eq!(kiln[7..], ["-", "1.00x"]);
+    assert_eq!(kiln[8..], ["-", "1.00x"]);
 }
 
 #[test]
@@ -129,12 +130,12 @@ fn csv_has_a_row_per_run_and_empty_phase_cells_for_containers() {
     let rows: Vec<&str> = csv.lines().collect();
     assert_eq!(
         rows[0],
-        "contender,run,ready_us,exit_us,vm_created_us,first_kvm_run_us,user_space_us,guest_exit_us"
+        "contender,run,ready_us,exit_us,marker_us,vm_created_us,first_kvm_run_us,user_space_us,guest_exit_us"
     );
     assert_eq!(rows.len(), 1 + 5 + 5);
-    assert_eq!(rows[1], "kiln,1,101000,151000,200,1301,101000,141000");
-    assert_eq!(rows[6], "runc,1,50000,60000,,,,");
-    assert!(rows.iter().all(|r| r.split(',').count() == 8));
+    assert_eq!(rows[1], "kiln,1,101000,151000,101500,200,1301,101000,141000");
+    assert_eq!(rows[6], "runc,1,50000,60000,50500,,,,");
+    assert!(rows.iter().all(|r| r.split(',').count() == 9));
 }
 
 #[test]

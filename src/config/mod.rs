@@ -139,6 +139,9 @@ pub struct VmConfig {
     /// An API changes the VM while it runs (a drive's new image is opened
     /// on the VMM thread, whose filter then allows that).
     pub runtime_changes: bool,
+    /// Guest RAM on 2 MiB boundaries with transparent huge pages (see
+    /// [`crate::vstate::memory::create_guest_memory`]).
+    pub huge_pages: bool,
 }
 
 impl VmConfig {
@@ -157,6 +160,7 @@ impl VmConfig {
             vsock: None,
             seccomp: crate::seccomp::SeccompMode::On,
             runtime_changes: false,
+            huge_pages: true,
         }
     }
 

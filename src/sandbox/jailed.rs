@@ -70,6 +70,9 @@ pub fn boot_args(config: &VmConfig, jail: &JailConfig) -> Result<Vec<OsString>, 
     if !config.acpi {
         args.push("--no-acpi".into());
     }
+    if !config.huge_pages {
+        args.push("--no-huge-pages".into());
+    }
     if config.force {
         args.push("--force".into());
     }
@@ -223,7 +226,9 @@ mod tests {
         ] {
             assert!(text.contains(part), "{part:?} not in {text:?}");
         }
-        assert!(!text.contains("--force") && !text.contains("--no-acpi"));
+        assert!(
+            !text.contains("--force") && !text.contains("--no-acpi") && !text.contains("--no-huge-pages")
+        );
     }
 
     #[test]

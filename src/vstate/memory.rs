@@ -18,22 +18,47 @@ pub enum MemoryError {
     DontFork(std::io::Error),
 }
 
+/// Huge page size: guest RAM mapped on this boundary can be backed by
+/// transparent huge pages, which KVM then maps with 2 MiB stage-2 pages.
+const HUGE_PAGE: usize = 2 << 20;
+
 /// Maps `mem_size` bytes of guest RAM, split around the MMIO gap.
 ///
 /// The mappings are `MADV_DONTFORK`: a fork (the VM teardown child) then
 /// neither copies their page tables, which for a large guest would cost
 /// time and memory, nor shares guest pages with a process that has no use
 /// for them.
-pub fn create_guest_memory(mem_size: u64) -> Result<GuestMemoryMmap, MemoryError> {
-    use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
-    let regions: Vec<(GuestAddress, usize)> = layout::ram_regions(mem_size)
-        .into_iter()
-        .map(|(start, len)| (GuestAddress(start), len as usize))
-        .collect();
-    let mem = GuestMemoryMmap::from_ranges(&regions).map_err(|source| MemoryError::Map {
+///
+/// With `huge_pages` they sit on 2 MiB boundaries and are
+/// `MADV_HUGEPAGE`: a guest's first touch of a 2 MiB stretch then costs
+/// one host page fault and one stage-2 (EPT/NPT) fault instead of 512 of
+/// each, which took about a quarter off the default guest's boot in the
+/// nested host. The price: a guest's resident memory grows in 2 MiB steps.
+pub fn create_guest_memory(mem_size: u64, huge_pages: bool) -> Result<GuestMemoryMmap, MemoryError> {
+    use vm_memory::{GuestMemoryBackend, GuestMemoryRegion, GuestRegionMmap};
+    let map_err = |source| MemoryError::Map {
         mib: mem_size >> 20,
         source,
-    })?;
+    };
+    let mut regions = Vec::new();
+    for (start, len) in layout::ram_regions(mem_size) {
+        let len = len as usize;
+        let hole = if huge_pages {
+            AlignedHole::reserve(len)
+        } else {
+            None
+        };
+        let mapping = vm_memory::MmapRegion::new(len)
+            .map_err(|e| map_err(vm_memory::mmap::FromRangesError::MmapRegion(e)))?;
+        // The reservation's remains go once the mapping is made (in the
+        // hole, unless another thread took it: then merely unaligned).
+        drop(hole);
+        let region = GuestRegionMmap::new(mapping, GuestAddress(start))
+            .ok_or(map_err(vm_memory::mmap::FromRangesError::InvalidGuestRegion))?;
+        regions.push(region);
+    }
+    let mem = GuestMemoryMmap::from_regions(regions)
+        .map_err(|e| map_err(vm_memory::mmap::FromRangesError::Collection(e)))?;
     for region in mem.iter() {
         // SAFETY: the region is a live, page-aligned anonymous mapping of
         // `len` bytes that `mem` owns; MADV_DONTFORK changes only whether a
@@ -42,8 +67,66 @@ pub fn create_guest_memory(mem_size: u64) -> Result<GuestMemoryMmap, MemoryError
         if rc != 0 {
             return Err(MemoryError::DontFork(std::io::Error::last_os_error()));
         }
+        if huge_pages {
+            // SAFETY: as above; MADV_HUGEPAGE only changes how the kernel
+            // backs the pages. It fails (harmlessly) on a kernel without
+            // THP, and then guest RAM simply uses 4 KiB pages.
+            let _ =
+                unsafe { libc::madvise(region.as_ptr().cast(), region.len() as usize, libc::MADV_HUGEPAGE) };
+        }
     }
     Ok(mem)
+}
+
+/// A hole of exactly the mapping's size at a 2 MiB boundary, inside a
+/// reservation 2 MiB larger whose remains (`PROT_NONE`) are unmapped on
+/// drop. mmap's top-down search puts the next mapping of that size into
+/// the hole, so guest RAM lands aligned without vm-memory needing an
+/// address (it takes none, and must own its mappings to unmap them).
+struct AlignedHole {
+    remains: [(usize, usize); 2],
+}
+
+impl AlignedHole {
+    fn reserve(len: usize) -> Option<Self> {
+        let total = len.checked_add(HUGE_PAGE)?;
+        // SAFETY: a new inaccessible mapping that nothing else refers to.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                total,
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return None;
+        }
+        let base = base as usize;
+        let hole = (base + HUGE_PAGE - 1) & !(HUGE_PAGE - 1);
+        let hole_end = hole + len;
+        let hole_ref = Self {
+            remains: [(base, hole - base), (hole_end, base + total - hole_end)],
+        };
+        // SAFETY: [hole, hole + len) lies inside the reservation just made,
+        // which only this function knows of.
+        unsafe { libc::munmap(hole as *mut libc::c_void, len) };
+        Some(hole_ref)
+    }
+}
+
+impl Drop for AlignedHole {
+    fn drop(&mut self) {
+        for (addr, len) in self.remains {
+            if len > 0 {
+                // SAFETY: what is left of the reservation `reserve` made;
+                // nothing else maps there (mmap never overlaps it).
+                unsafe { libc::munmap(addr as *mut libc::c_void, len) };
+            }
+        }
+    }
 }
 
 /// The `KEY: N kB` value of a /proc file such as /proc/meminfo or
@@ -138,17 +221,43 @@ mod tests {
     #[test]
     fn guest_memory_is_not_inherited_by_forks() {
         use vm_memory::GuestMemoryBackend;
-        let mem = create_guest_memory(layout::MMIO_GAP_START + (16 << 20)).unwrap();
+        let mem = create_guest_memory(layout::MMIO_GAP_START + (16 << 20), true).unwrap();
         assert_eq!(mem.num_regions(), 2);
         for region in mem.iter() {
             let flags = vm_flags(region.as_ptr() as usize).expect("guest mapping in smaps");
             assert!(flags.iter().any(|f| f == "dc"), "VmFlags: {flags:?}");
+            // MADV_HUGEPAGE ("hg"), where the kernel has THP at all.
+            if std::path::Path::new("/sys/kernel/mm/transparent_hugepage").exists() {
+                assert!(flags.iter().any(|f| f == "hg"), "VmFlags: {flags:?}");
+            }
         }
+    }
+
+    /// Guest RAM lands on 2 MiB boundaries. Other test threads map memory
+    /// too and may take the hole now and then: most tries must align.
+    #[test]
+    fn huge_page_guest_memory_is_2mib_aligned() {
+        use vm_memory::GuestMemoryBackend;
+        let aligned = (0..10)
+            .filter(|_| {
+                let mem = create_guest_memory(64 << 20, true).unwrap();
+                let all = mem
+                    .iter()
+                    .all(|r| (r.as_ptr() as usize).is_multiple_of(HUGE_PAGE));
+                all
+            })
+            .count();
+        assert!(aligned >= 5, "{aligned} of 10 aligned");
+        // Without huge pages, nothing is asked of the kernel.
+        let mem = create_guest_memory(64 << 20, false).unwrap();
+        let region = mem.iter().next().unwrap();
+        let flags = vm_flags(region.as_ptr() as usize).unwrap();
+        assert!(!flags.iter().any(|f| f == "hg"), "VmFlags: {flags:?}");
     }
 
     #[test]
     fn resident_counts_touched_pages_only() {
-        let mem = create_guest_memory(16 << 20).unwrap();
+        let mem = create_guest_memory(16 << 20, false).unwrap();
         let before = resident_bytes(&mem).unwrap();
         mem.write_obj(1u64, GuestAddress(0x10_0000)).unwrap();
         mem.write_obj(1u64, GuestAddress(0x20_0000)).unwrap();

@@ -426,7 +426,7 @@ mod tests {
     use super::*;
 
     fn mem(mib: u64) -> GuestMemoryMmap {
-        crate::vstate::memory::create_guest_memory(mib << 20).unwrap()
+        crate::vstate::memory::create_guest_memory(mib << 20, false).unwrap()
     }
 
     #[test]
