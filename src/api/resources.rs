@@ -44,7 +44,7 @@ pub enum ResourceError {
     )]
     CpuTemplate(CpuTemplate),
     #[error(
-        "huge_pages {0} is not supported: kiln backs guest memory with normal pages; \
+        "huge_pages {0} is not supported: kiln backs guest memory with transparent huge pages, not hugetlbfs; \
          use \"None\" or leave huge_pages out"
     )]
     HugePages(HugePages),
