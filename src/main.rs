@@ -109,8 +109,8 @@ struct BootArgs {
     #[arg(long)]
     no_acpi: bool,
     /// Back guest memory with 4 KiB pages only. By default it is 2 MiB
-    /// aligned and asks for transparent huge pages: a faster boot, while a
-    /// guest's resident memory grows in 2 MiB steps.
+    /// aligned and asks for transparent huge pages (except on PVM hosts): a
+    /// faster boot, while a guest's resident memory grows in 2 MiB steps.
     #[arg(long)]
     no_huge_pages: bool,
     /// Boot a Linux kernel even where KVM is known not to run one (PVM hosts).
