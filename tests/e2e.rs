@@ -590,9 +590,13 @@ fn run_suite() -> Suite {
     Suite { results, transcript }
 }
 
-fn check(name: &str) {
+fn suite() -> &'static Suite {
     static SUITE: OnceLock<Suite> = OnceLock::new();
-    let suite = SUITE.get_or_init(run_suite);
+    SUITE.get_or_init(run_suite)
+}
+
+fn check(name: &str) {
+    let suite = suite();
     match suite.results.get(name) {
         Some((true, detail)) => eprintln!("{name}: {detail}"),
         Some((false, detail)) => panic!("{name} failed: {detail}\n{}", suite.transcript),
@@ -798,6 +802,28 @@ fn unprivileged_user_boots_linux_with_disk_and_vsock_under_seccomp() {
 #[test]
 fn bench_boot_compares_kiln_with_runc_and_crun_and_writes_json_csv_and_png() {
     check("bench-boot");
+    // The plot comes back base64 on the console (the nested host returns
+    // no files here): it must decode as a 1000x600 image.
+    let line = suite()
+        .transcript
+        .lines()
+        .find_map(|l| {
+            l.split_once("E2E-PNG bench-boot ")
+                .map(|(_, b)| b.trim().to_string())
+        })
+        .expect("bench-boot printed no E2E-PNG line");
+    let mut decoder = Command::new("base64")
+        .arg("-d")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run base64 -d");
+    let mut stdin = decoder.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || std::io::Write::write_all(&mut stdin, line.as_bytes()));
+    let png = decoder.wait_with_output().expect("base64 -d").stdout;
+    writer.join().unwrap().unwrap();
+    let image = image::load_from_memory(&png).expect("boot.png decodes");
+    assert_eq!((image.width(), image.height()), (1000, 600));
 }
 
 #[test]
