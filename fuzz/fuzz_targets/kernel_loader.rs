@@ -20,7 +20,7 @@ const GUEST_MEM: u64 = 32 << 20;
 
 thread_local! {
     static FIXTURE: (GuestMemoryMmap, TempFile) =
-        (create_guest_memory(GUEST_MEM).unwrap(), scratch_file());
+        (create_guest_memory(GUEST_MEM, false).unwrap(), scratch_file());
 }
 
 fuzz_target!(|data: &[u8]| {
