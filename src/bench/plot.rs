@@ -1,6 +1,7 @@
 //! The PNG plot: one box per contender (time to ready: whiskers min to
 //! max, box p25 to p75, a bar at the median), and beside kiln's box its
-//! boot phases stacked (medians), so the eye sees where the time goes.
+//! boot phases stacked (medians), so the eye sees where the time goes;
+//! under the key, the idle rows as bars (memory per instance).
 //!
 //! Drawn with plotters' bitmap backend only. Text needs a TrueType font,
 //! read at run time (`$KILN_BENCH_FONT` or a DejaVu/Liberation sans from
@@ -90,6 +91,53 @@ fn draw_key<DB: DrawingBackend>(
             x += 22;
         }
         area.draw(&Text::new(text, (x, y), font.clone()))?;
+    }
+    Ok(())
+}
+
+/// Where the key ends and the memory bars begin, in the key strip.
+const KEY_HEIGHT: u32 = 340;
+
+/// The idle rows: per contender a bar of its total memory per instance,
+/// with its overhead as a darker bar inside, to one scale.
+fn draw_memory<DB: DrawingBackend>(
+    area: &DrawingArea<DB, plotters::coord::Shift>,
+    report: &Report,
+    text: bool,
+) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
+    let rows: Vec<(&str, u64, u64)> = report
+        .contenders
+        .iter()
+        .filter_map(|c| {
+            let idle = c.idle.as_ref()?.as_ref().ok()?;
+            Some((c.name.as_str(), idle.overhead_kib, idle.total_kib))
+        })
+        .collect();
+    let scale = rows.iter().map(|r| r.1.max(r.2)).max().unwrap_or(0).max(1) as f64;
+    let font = (FONT_FAMILY, 13).into_font();
+    let width = area.dim_in_pixel().0 as f64 - 20.0;
+    let length = |kib: u64| ((kib as f64 / scale) * width).round().max(1.0) as i32;
+    let mut y = 0;
+    if text && !rows.is_empty() {
+        area.draw(&Text::new("idle MiB per instance:", (10, y), font.clone()))?;
+        area.draw(&Text::new("overhead (dark), total", (10, y + 16), font.clone()))?;
+        y += 38;
+    }
+    for (name, overhead, total) in rows {
+        if text {
+            let mib = |kib: u64| kib as f64 / 1024.0;
+            let label = format!("{name} {:.1} / {:.1}", mib(overhead), mib(total));
+            area.draw(&Text::new(label, (10, y), font.clone()))?;
+            y += 15;
+        }
+        let light = RGBColor(0xa6, 0xc8, 0xe8).filled();
+        area.draw(&Rectangle::new([(10, y), (10 + length(total), y + 10)], light))?;
+        let dark = PHASE_COLOURS[0].filled();
+        area.draw(&Rectangle::new(
+            [(10, y + 2), (10 + length(overhead), y + 8)],
+            dark,
+        ))?;
+        y += 16;
     }
     Ok(())
 }
@@ -200,10 +248,12 @@ fn draw(report: &Report, path: &Path, text: bool) -> Result<(), String> {
                 .map_err(|x| e(&x))?;
         }
     }
+    let (key_area, memory_area) = key_area.split_vertically(KEY_HEIGHT);
     if text {
         let phased = shown.iter().find(|s| !s.2.is_empty());
         draw_key(&key_area, phased.map(|s| (s.0.name.as_str(), s.2.as_slice()))).map_err(|x| e(&x))?;
     }
+    draw_memory(&memory_area, report, text).map_err(|x| e(&x))?;
     root.present().map_err(|x| e(&x))?;
     Ok(())
 }
@@ -237,6 +287,24 @@ mod tests {
         let path = dir.join("boot.png");
         write_png(&example(), &path).unwrap();
         check_png(&path);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn png_with_idle_rows_decodes_and_draws_their_bars() {
+        let dir = scratch("idle");
+        let path = dir.join("boot.png");
+        let report = crate::bench::report::tests::with_idle();
+        write_png(&report, &path).unwrap();
+        check_png(&path);
+        // The dark overhead bar sits in the key strip's lower part.
+        let image = image::open(&path).unwrap().to_rgb8();
+        let strip = (SIZE.0 - KEY_WIDTH)..SIZE.0;
+        let dark = PHASE_COLOURS[0];
+        let found = strip
+            .flat_map(|x| (KEY_HEIGHT..SIZE.1).map(move |y| (x, y)))
+            .any(|(x, y)| image.get_pixel(x, y).0 == [dark.0, dark.1, dark.2]);
+        assert!(found, "no overhead bar under the key");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

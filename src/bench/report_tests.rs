@@ -155,7 +155,7 @@ fn files_are_written_and_a_bad_directory_is_one_clear_error() {
 }
 
 /// `example()` with idle rows: kiln's measured, runc's failed.
-fn with_idle() -> Report {
+pub(crate) fn with_idle() -> Report {
     let mut r = example();
     let m = |overhead_kib, total_kib| MemoryUse {
         overhead_kib,
