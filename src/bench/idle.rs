@@ -39,13 +39,6 @@ impl IdleResult {
         values.sort_unstable();
         super::stats::nearest_rank(&values, 50)
     }
-
-    /// How many instances fit in `budget_kib`, each costing the mean total.
-    pub fn fit_in(&self, budget_kib: u64) -> u64 {
-        let sum: u64 = self.memory.iter().map(|m| m.total_kib).sum();
-        let mean = sum / (self.memory.len().max(1) as u64);
-        budget_kib / mean.max(1)
-    }
 }
 
 /// A started idle instance; stopped (cleanup, then SIGKILL) when dropped.
@@ -213,7 +206,6 @@ mod tests {
             "{r:?}"
         );
         assert!(r.starts_per_second() > 0.0);
-        assert!(r.fit_in(1 << 30) > 0);
         // Stopped, not waited for: far less than the 30 s sleep.
         assert!(started.elapsed() < Duration::from_secs(10));
     }
@@ -232,7 +224,7 @@ mod tests {
     }
 
     #[test]
-    fn medians_and_fits_follow_the_instances() {
+    fn medians_and_rates_follow_the_instances() {
         let m = |o, t| MemoryUse {
             overhead_kib: o,
             total_kib: t,
@@ -244,6 +236,5 @@ mod tests {
         };
         assert_eq!(r.median(|m| m.overhead_kib), 20);
         assert_eq!(r.starts_per_second(), 6.0);
-        assert_eq!(r.fit_in(1000), 5);
     }
 }

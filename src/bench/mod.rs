@@ -28,7 +28,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use self::container::{Bundles, RuntimeContender, RUNTIMES};
 use self::contender::{one_line, Contender, VmGuest};
 use self::kiln::KilnContender;
-use self::peer::{PeerContender, PeerKind, PEERS};
+use self::peer::{PeerContender, PeerKind};
 use self::report::{ContenderResult, IdleSummary, Report, Status};
 use crate::vstate::kvm::HostKind;
 
@@ -194,7 +194,7 @@ pub fn parse_contenders(list: &[String], peers_given: &[&str]) -> Result<Vec<Str
     let mut names: Vec<String> = Vec::new();
     let listed = list.iter().map(|n| n.trim()).filter(|n| !n.is_empty());
     for name in listed.chain(peers_given.iter().copied()) {
-        let known = name == "kiln" || RUNTIMES.contains(&name) || PEERS.iter().any(|p| p.0 == name);
+        let known = name == "kiln" || RUNTIMES.contains(&name) || PeerKind::from_name(name).is_some();
         if !known {
             return Err(BenchError::UnknownContender(name.to_string()));
         }
@@ -243,15 +243,15 @@ impl Slot {
 }
 
 fn boot(args: &BootBenchArgs) -> Result<(), BenchError> {
-    let peer_paths = [
-        ("firecracker", &args.firecracker),
-        ("cloud-hypervisor", &args.cloud_hypervisor),
-        ("qemu", &args.qemu),
-    ];
-    let given: Vec<&str> = peer_paths
-        .iter()
-        .filter(|(_, p)| p.is_some())
-        .map(|(n, _)| *n)
+    let peer_path = |kind: PeerKind| match kind {
+        PeerKind::Firecracker => args.firecracker.as_deref(),
+        PeerKind::CloudHypervisor => args.cloud_hypervisor.as_deref(),
+        PeerKind::Qemu => args.qemu.as_deref(),
+    };
+    let given: Vec<&str> = PeerKind::ALL
+        .into_iter()
+        .filter(|k| peer_path(*k).is_some())
+        .map(PeerKind::name)
         .collect();
     let names = parse_contenders(&args.contenders, &given)?;
     if !(1..=100_000).contains(&args.runs) {
@@ -287,12 +287,8 @@ fn boot(args: &BootBenchArgs) -> Result<(), BenchError> {
     let mut slots: Vec<Slot> = Vec::new();
     for name in &names {
         let contender: Result<Box<dyn Contender>, String> = if let Some(kind) = PeerKind::from_name(name) {
-            let path = peer_paths
-                .iter()
-                .find(|(n, _)| n == name)
-                .and_then(|(_, p)| p.as_deref());
             match &guest {
-                Ok(g) => PeerContender::new(kind, path, g, &scratch.0, limit)
+                Ok(g) => PeerContender::new(kind, peer_path(kind), g, &scratch.0, limit)
                     .map(|c| Box::new(c) as Box<dyn Contender>)
                     .map_err(|e| e.to_string()),
                 Err(why) => Err(why.clone()),

@@ -16,14 +16,6 @@ use serde_json::json;
 use super::contender::{run_timed, Contender, IdleSpec, RunError, Sample, VmGuest};
 use crate::config::DEFAULT_MEMORY_MIB;
 
-/// The peers `--contenders` knows, in the order they run, with the
-/// program looked up on PATH when no path flag names it.
-pub const PEERS: &[(&str, &str)] = &[
-    ("firecracker", "firecracker"),
-    ("cloud-hypervisor", "cloud-hypervisor"),
-    ("qemu", "qemu-system-x86_64"),
-];
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PeerKind {
     Firecracker,
@@ -32,12 +24,18 @@ pub enum PeerKind {
 }
 
 impl PeerKind {
+    /// The peers `--contenders` knows.
+    pub const ALL: [Self; 3] = [Self::Firecracker, Self::CloudHypervisor, Self::Qemu];
+
     pub fn from_name(name: &str) -> Option<Self> {
-        match name {
-            "firecracker" => Some(Self::Firecracker),
-            "cloud-hypervisor" => Some(Self::CloudHypervisor),
-            "qemu" => Some(Self::Qemu),
-            _ => None,
+        Self::ALL.into_iter().find(|k| k.name() == name)
+    }
+
+    /// The program looked up on PATH when no path flag names it.
+    pub fn program(self) -> &'static str {
+        match self {
+            Self::Qemu => "qemu-system-x86_64",
+            other => other.name(),
         }
     }
 
@@ -101,7 +99,7 @@ impl PeerContender {
                 })
             }
             None => {
-                let program = PEERS.iter().find(|(n, _)| *n == name).map_or(name, |p| p.1);
+                let program = kind.program();
                 super::container::find_on_path(program).ok_or(PeerError::NotFound { name, program })?
             }
         };
@@ -278,9 +276,10 @@ mod tests {
 
     #[test]
     fn names_and_missing_peers_say_what_to_do() {
-        for (name, _) in PEERS {
-            assert_eq!(PeerKind::from_name(name).unwrap().name(), *name);
+        for kind in PeerKind::ALL {
+            assert_eq!(PeerKind::from_name(kind.name()), Some(kind));
         }
+        assert_eq!(PeerKind::Qemu.program(), "qemu-system-x86_64");
         assert!(PeerKind::from_name("docker").is_none());
         let scratch = std::env::temp_dir();
         let e = PeerContender::new(
