@@ -232,14 +232,7 @@ impl Connection {
         if self.closing {
             return Parsed::Incomplete;
         }
-        let RequestHead {
-            len,
-            method,
-            path,
-            body_len,
-            close,
-            expect_continue,
-        } = match parse_head(&self.input) {
+        let head = match parse_head(&self.input) {
             Head::Incomplete => return Parsed::Incomplete,
             Head::Bad(response) => {
                 self.closing = true;
@@ -248,20 +241,26 @@ impl Connection {
             }
             Head::Done(head) => head,
         };
-        if self.input.len() < len + body_len {
-            if expect_continue && !self.continued {
+        let end = head.len + head.body_len;
+        if self.input.len() < end {
+            if head.expect_continue && !self.continued {
                 self.continued = true;
                 self.output.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
             }
             return Parsed::Incomplete;
         }
-        let body = self.input[len..len + body_len].to_vec();
-        self.input.drain(..len + body_len);
+        let body = self.input[head.len..end].to_vec();
+        self.input.drain(..end);
         self.continued = false;
-        if close {
+        if head.close {
             self.closing = true;
         }
-        Parsed::Request(Request { method, path, body }, close)
+        let request = Request {
+            method: head.method,
+            path: head.path,
+            body,
+        };
+        Parsed::Request(request, head.close)
     }
 
     /// Queues `response`; it goes out with the next [`Connection::write_to`].
