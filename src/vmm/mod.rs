@@ -216,7 +216,7 @@ pub fn run_vm_with(config: &VmConfig, io: ConsoleIo, mut hooks: BootHooks) -> Re
         };
         result = seccomp::install(kind, config.seccomp).map_err(VmmError::Seccomp);
     }
-    gate.open();
+    gate.open(handles.len(), result.is_ok());
     while result.is_ok() && exit.reason().is_none() {
         if let Err(e) = event_loop.run() {
             result = Err(VmmError::EventLoop(e));

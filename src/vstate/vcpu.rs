@@ -184,26 +184,47 @@ impl Vcpu {
     }
 }
 
-/// Holds vCPU threads back until the VMM thread has its seccomp filter:
-/// no guest code runs before every thread is filtered.
+/// Holds vCPU threads back until every kiln thread has its seccomp
+/// filter: the VMM thread opens the gate once it has its own, naming how
+/// many vCPU threads it started, and no vCPU enters the guest before all
+/// of those have installed theirs (or failed to: then none enters).
 #[derive(Clone, Default)]
-pub struct StartGate(Arc<(Mutex<bool>, Condvar)>);
+pub struct StartGate(Arc<(Mutex<GateState>, Condvar)>);
+
+#[derive(Default)]
+struct GateState {
+    /// How many vCPU threads the VMM thread started; `None` until it opens.
+    started: Option<usize>,
+    arrived: usize,
+    failed: bool,
+}
 
 impl StartGate {
-    pub fn open(&self) {
-        *crate::sync::lock(&self.0 .0) = true;
+    /// On the VMM thread, once its own filter went on (`filtered`) or
+    /// failed: `started` vCPU threads exist and will arrive.
+    pub fn open(&self, started: usize, filtered: bool) {
+        let mut state = crate::sync::lock(&self.0 .0);
+        state.started = Some(started);
+        state.failed |= !filtered;
         self.0 .1.notify_all();
     }
 
-    fn wait(&self) {
-        let mut open = crate::sync::lock(&self.0 .0);
-        while !*open {
-            open = self
+    /// On a vCPU thread, after its filter went on (`filtered`) or failed:
+    /// waits for the VMM thread and every other vCPU thread, then says
+    /// whether all of them are filtered and the guest may run.
+    fn arrive(&self, filtered: bool) -> bool {
+        let mut state = crate::sync::lock(&self.0 .0);
+        state.arrived += 1;
+        state.failed |= !filtered;
+        self.0 .1.notify_all();
+        while state.started.is_none_or(|n| state.arrived < n) {
+            state = self
                 .0
                  .1
-                .wait(open)
+                .wait(state)
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
         }
+        !state.failed
     }
 }
 
@@ -317,7 +338,7 @@ impl VcpuHandle {
     /// Starts `vcpu` on its own thread; it stops when `stop` is raised
     /// (see [`stop_all`]) or the guest stops. The thread installs its
     /// seccomp filter (per `seccomp`), then enters the guest only once
-    /// `gate` opens.
+    /// `gate` says every thread has its filter.
     pub fn spawn(
         vcpu: Vcpu,
         stop: Arc<AtomicBool>,
@@ -330,15 +351,16 @@ impl VcpuHandle {
             .name(format!("kiln-vcpu{index}"))
             .stack_size(VCPU_STACK_BYTES)
             .spawn(move || {
-                if let Err(e) = seccomp::install(ThreadKind::Vcpu, seccomp) {
+                let filtered = seccomp::install(ThreadKind::Vcpu, seccomp);
+                if let Err(e) = &filtered {
                     vcpu.exit.notify(ExitReason::InternalError {
                         vcpu: index,
                         detail: e.to_string(),
                     });
-                    return;
                 }
-                gate.wait();
-                vcpu.run(&stop, &pause)
+                if gate.arrive(filtered.is_ok()) {
+                    vcpu.run(&stop, &pause)
+                }
             })?;
         Ok(Self { index, handle })
     }
@@ -445,5 +467,43 @@ mod tests {
         ];
         assert_eq!(stop_all(&stop, handles), 1);
         release.store(true, Ordering::Release);
+    }
+
+    /// No vCPU passes the gate before the VMM thread opened it and every
+    /// other vCPU arrived; one failed filter anywhere keeps all out.
+    #[test]
+    fn the_gate_lets_vcpus_run_only_once_every_thread_is_filtered() {
+        for (vcpu_ok, vmm_ok, want) in [
+            ([true, true, true], true, true),
+            ([true, false, true], true, false),
+            ([true, true, true], false, false),
+        ] {
+            let gate = StartGate::default();
+            let passed = Arc::new(Mutex::new(Vec::new()));
+            let threads: Vec<_> = vcpu_ok
+                .into_iter()
+                .enumerate()
+                .map(|(i, ok)| {
+                    let (gate, passed) = (gate.clone(), passed.clone());
+                    std::thread::spawn(move || {
+                        // The last vCPU is slow to install its filter.
+                        if i == 2 {
+                            std::thread::sleep(std::time::Duration::from_millis(50));
+                        }
+                        let run = gate.arrive(ok);
+                        passed.lock().unwrap().push((i, run));
+                    })
+                })
+                .collect();
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            gate.open(3, vmm_ok);
+            // The fast ones are still held back by the slow one.
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            assert!(passed.lock().unwrap().is_empty());
+            threads.into_iter().for_each(|t| t.join().unwrap());
+            let passed = passed.lock().unwrap();
+            assert_eq!(passed.len(), 3);
+            assert!(passed.iter().all(|&(_, run)| run == want), "{passed:?}");
+        }
     }
 }
