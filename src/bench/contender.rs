@@ -170,7 +170,9 @@ pub fn run_timed(command: &mut Command, limit: Duration) -> Result<Timed, RunErr
     let ready = watcher.join().ok().flatten();
     let stderr = collector.join().unwrap_or_default();
     Ok(Timed {
-        ready: ready.map(|at| at.saturating_duration_since(start)),
+        // The marker was printed before the process ended: a reader thread
+        // scheduled late must not place it after the exit.
+        ready: ready.map(|at| at.saturating_duration_since(start).min(exit)),
         exit,
         status,
         stderr,

@@ -543,14 +543,24 @@ mod tests {
     }
 
     /// 4 MiB through the UART to a pipe read 16 KiB every 5 ms, by a driver
-    /// that waits while the transmitter is busy: every byte arrives.
+    /// that waits while the transmitter is busy: every byte arrives. The
+    /// reader starts only once the driver was held back (or after 10 s), so
+    /// the hold-back does not depend on which side a loaded host runs
+    /// faster.
     #[test]
     fn a_driver_that_honours_busy_loses_nothing_to_a_slow_reader() {
+        use std::sync::atomic::{AtomicBool, Ordering};
         let (mut reader, pipe) = std::io::pipe().unwrap();
         let pipe = HostOutput::new(std::os::fd::OwnedFd::from(pipe)).unwrap();
         let (dev, _irq, _d, writer) = device_with(pipe);
         let want = numbered_lines(1024, 4096);
+        let held = Arc::new(AtomicBool::new(false));
+        let held_seen = held.clone();
         let read = std::thread::spawn(move || {
+            let start = Instant::now();
+            while !held_seen.load(Ordering::Acquire) && start.elapsed() < Duration::from_secs(10) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
             let mut got = Vec::new();
             let mut buf = vec![0u8; 16 << 10];
             loop {
@@ -568,6 +578,7 @@ mod tests {
             for line in lines.chunks(4096) {
                 while !thr_empty(&mut dev) {
                     busy += 1;
+                    held.store(true, Ordering::Release);
                     std::thread::sleep(Duration::from_micros(200));
                 }
                 for &b in line {
