@@ -570,7 +570,14 @@ fn largest_indirect_table_through_the_device() {
         PassEnd::Yielded
     );
     let took = start.elapsed();
-    assert_eq!((h.used_idx(), h.used(3), h.status()), (4, (0, UNANSWERED), 0xee));
+    // The descriptor budget ends the pass after 4 such chains; on a loaded
+    // host the pass's time budget may end it sooner, never later.
+    let served = h.used_idx();
+    assert!((1..=4).contains(&served), "{served} chains in one pass");
+    for i in 0..served {
+        assert_eq!(h.used(i), (0, UNANSWERED), "chain {i}");
+    }
+    assert_eq!(h.status(), 0xee);
     eprintln!("one pass with 65,535-entry requests: {took:?}");
     assert!(took < std::time::Duration::from_millis(100), "{took:?}");
 
