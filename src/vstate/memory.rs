@@ -64,6 +64,7 @@ pub fn create_guest_memory(mem_size: u64, huge_pages: bool) -> Result<GuestMemor
     }
     let mem = GuestMemoryMmap::from_regions(regions)
         .map_err(|e| map_err(vm_memory::mmap::FromRangesError::Collection(e)))?;
+    let advise_huge_pages = huge_pages && thp_mode() == ThpMode::Madvise;
     for region in mem.iter() {
         // SAFETY: the region is a live, page-aligned anonymous mapping of
         // `len` bytes that `mem` owns; MADV_DONTFORK changes only whether a
@@ -72,7 +73,7 @@ pub fn create_guest_memory(mem_size: u64, huge_pages: bool) -> Result<GuestMemor
         if rc != 0 {
             return Err(MemoryError::DontFork(std::io::Error::last_os_error()));
         }
-        if huge_pages && thp_mode() == ThpMode::Madvise {
+        if advise_huge_pages {
             // SAFETY: as above; MADV_HUGEPAGE only changes how the kernel
             // backs the pages.
             let _ =
