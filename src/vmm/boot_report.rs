@@ -102,12 +102,23 @@ pub fn user_space_wiring(
     Ok((Arc::new(signal), Some(reporter)))
 }
 
+impl UserSpaceReporter {
+    /// Runs the report if the guest reached user space and it has not run
+    /// yet: a guest that signals and stops at once can end the event loop
+    /// before the loop sees the wake-up.
+    pub fn finish(&mut self) {
+        if self.timeline.get(Phase::UserSpace).is_some() {
+            if let Some(report) = self.report.take() {
+                report(&self.timeline);
+            }
+        }
+    }
+}
+
 impl MutEventSubscriber for UserSpaceReporter {
     fn process(&mut self, events: Events, ops: &mut EventOps) {
         let _ = self.wake.read();
-        if let Some(report) = self.report.take() {
-            report(&self.timeline);
-        }
+        self.finish();
         // Reported once: nothing more to watch.
         let _ = ops.remove(events);
     }
@@ -165,6 +176,26 @@ mod tests {
             .unwrap()
             .starts_with("boot: user space reached at "));
         assert!(timeline.get(Phase::UserSpace).is_some());
+    }
+
+    /// A signal the loop never saw (the guest stopped at once) is reported
+    /// at the end, once; a guest that never signalled gets no report.
+    #[test]
+    fn finish_reports_a_signal_the_loop_never_saw() {
+        let count = Arc::new(Mutex::new(0));
+        let sink = count.clone();
+        let hooks = BootHooks {
+            on_user_space: Some(Box::new(move |_: &BootTimeline| *sink.lock().unwrap() += 1)),
+            ..BootHooks::default()
+        };
+        let (events, reporter) = user_space_wiring(hooks).unwrap();
+        let mut reporter = reporter.unwrap();
+        reporter.finish();
+        assert_eq!(*count.lock().unwrap(), 0, "no signal, no report");
+        BootTimer::new(events).write(0, &[USER_SPACE_REACHED]);
+        reporter.finish();
+        reporter.finish();
+        assert_eq!(*count.lock().unwrap(), 1);
     }
 
     /// Without a report, the device records straight onto the timeline.

@@ -162,9 +162,9 @@ pub fn run_vm_with(config: &VmConfig, io: ConsoleIo, mut hooks: BootHooks) -> Re
     let timeline = hooks.timeline.clone();
     let on_running = hooks.on_running.take();
     let (boot_timer, reporter) = boot_report::user_space_wiring(hooks).map_err(BuildError::Setup)?;
-    if let Some(reporter) = reporter {
-        event_loop
-            .add_subscriber(Arc::new(Mutex::new(reporter)) as Arc<Mutex<dyn MutEventSubscriber + Send>>);
+    let reporter = reporter.map(|r| Arc::new(Mutex::new(r)));
+    if let Some(reporter) = &reporter {
+        event_loop.add_subscriber(reporter.clone() as Arc<Mutex<dyn MutEventSubscriber + Send>>);
     }
     let instruments = builder::BootInstruments {
         timeline: timeline.clone(),
@@ -223,6 +223,9 @@ pub fn run_vm_with(config: &VmConfig, io: ConsoleIo, mut hooks: BootHooks) -> Re
         }
     }
     timeline.record(Phase::GuestExit);
+    if let Some(reporter) = &reporter {
+        crate::sync::lock(reporter).finish();
+    }
     // Parked vCPUs must wake to see the stop.
     pause.resume();
     let left_behind = vcpu::stop_all(&stop, handles);
