@@ -223,12 +223,13 @@ pub fn run_vm_with(config: &VmConfig, io: ConsoleIo, mut hooks: BootHooks) -> Re
         }
     }
     timeline.record(Phase::GuestExit);
-    if let Some(reporter) = &reporter {
-        crate::sync::lock(reporter).finish();
-    }
     // Parked vCPUs must wake to see the stop.
     pause.resume();
     let left_behind = vcpu::stop_all(&stop, handles);
+    // With the vCPUs stopped, no signal can come after this last look.
+    if let Some(reporter) = &reporter {
+        crate::sync::lock(reporter).finish();
+    }
     // What the guest printed last goes out, with a bounded wait.
     crate::sync::lock(&vm.console).finish();
     if log::log_enabled!(log::Level::Debug) {
